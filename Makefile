@@ -1,0 +1,28 @@
+# Two commands do everything from a fresh clone:
+#   make demo   set up .venv and export the bundled fixture archive to exports/demo
+#   make test   set up .venv and run the test suite
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+ARCHIVE ?= data/fixtures/archive.db
+
+.PHONY: demo test lint bench clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $@
+
+demo: $(VENV)/.installed
+	$(BIN)/pipeline run export $(ARCHIVE) --out exports/demo --format csv --format json --format ndjson
+
+test: $(VENV)/.installed
+	$(BIN)/ruff check pipeline cli.py tests benchmarks data/fixtures
+	$(BIN)/python -m pytest
+
+bench: $(VENV)/.installed
+	$(BIN)/python benchmarks/bench_export.py
+
+clean:
+	rm -rf $(VENV) exports build *.egg-info

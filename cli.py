@@ -1,0 +1,119 @@
+"""The ``pipeline`` command: parse options, call ``pipeline.export``, map errors to exit codes."""
+
+from __future__ import annotations
+
+import signal
+import sys
+import time
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+app = typer.Typer(
+    add_completion=False, no_args_is_help=True, help="Export a Bluesky archive (SQLite) to CSV, JSON and NDJSON."
+)
+run_app = typer.Typer(no_args_is_help=True, help="Run a pipeline job.")
+app.add_typer(run_app, name="run")
+
+
+class Format(StrEnum):
+    csv = "csv"
+    json = "json"
+    ndjson = "ndjson"
+
+
+def _terminate(signum: int, frame: object) -> None:
+    from pipeline.errors import Interrupted
+
+    raise Interrupted(signum)
+
+
+@run_app.command("export")
+def export_command(
+    archive: Annotated[Path, typer.Argument(help="The archive: a SQLite file.", show_default=False)],
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", "-o", help="Output folder. [default: a new folder under ./exports/]", show_default=False),
+    ] = None,  # noqa: UP045
+    formats: Annotated[
+        list[Format] | None,
+        typer.Option(
+            "--format", "-f", help="Output format; repeat for several. [default: csv, json]", show_default=False
+        ),
+    ] = None,  # noqa: UP045
+    did: Annotated[Optional[str], typer.Option(help="Only records of this DID (exact match).")] = None,  # noqa: UP045
+    since: Annotated[
+        str | None,
+        typer.Option(help="Only records created at or after this date/time (UTC unless an offset is given)."),
+    ] = None,  # noqa: UP045
+    until: Annotated[
+        str | None,
+        typer.Option(help="Only records created at or before this; a bare date means the end of that day."),
+    ] = None,  # noqa: UP045
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Rows per Arrow record batch.")] = 1000,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")] = False,
+    debug: Annotated[bool, typer.Option("--debug", help="Show the traceback of an error.")] = False,
+) -> None:
+    """Export an archive's posts to CSV, JSON and/or NDJSON, in bounded memory.
+
+    Files are written to a staging folder and published into OUT only when all
+    are complete, with a manifest.json (counts, sizes, SHA-256).
+
+    Exit codes: 0 done, 1 export failed, 2 usage error, 3 bad archive,
+    4 output not writable, 130 interrupted (Ctrl-C), 143 terminated (SIGTERM).
+
+    Example:
+
+        pipeline run export archive.db --out exports/mine --format csv --format ndjson --since 2024-01-01
+    """
+    import pyarrow as pa
+
+    # Arrow's default mimalloc pool keeps large reservations that memory
+    # profilers count as used; the system allocator returns memory promptly.
+    pa.set_memory_pool(pa.system_memory_pool())
+    from pipeline import PipelineError, export
+    from pipeline.progress import for_terminal
+
+    signal.signal(signal.SIGTERM, _terminate)
+    started = time.monotonic()
+    try:
+        result = export(
+            archive,
+            out,
+            formats=[f.value for f in formats] if formats else ("csv", "json"),
+            did=did,
+            since=since,
+            until=until,
+            batch_size=batch_size,
+            progress=for_terminal(quiet),
+        )
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        typer.echo("pipeline: interrupted; nothing was published", err=True)
+        raise typer.Exit(130) from None
+    except PipelineError as e:
+        if debug:
+            raise
+        typer.echo(f"pipeline: error: {e}", err=True)
+        raise typer.Exit(e.exit_code) from None
+    except Exception as e:
+        if debug:
+            raise
+        typer.echo(f"pipeline: unexpected error: {type(e).__name__}: {e} (run with --debug for details)", err=True)
+        raise typer.Exit(1) from None
+    elapsed = time.monotonic() - started
+    total = sum(result.records.values())
+    files = ", ".join(f.path for f in result.files)
+    rejects = f", {result.rejects:,} rejected value(s) in rejects.ndjson" if result.rejects else ""
+    typer.echo(f"Exported {total:,} records to {result.out} ({files}) in {elapsed:.2f}s{rejects}", err=True)
+
+
+def main() -> None:
+    app(prog_name="pipeline")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

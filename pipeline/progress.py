@@ -1,0 +1,110 @@
+"""Progress on stderr: a rich bar on a terminal, a plain line every few seconds otherwise."""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from typing import TextIO
+
+PLAIN_INTERVAL = 5.0
+
+
+class Progress:
+    """Interface used by the runner; this base reports nothing (``--quiet``)."""
+
+    def start(self, label: str, total: int) -> None: ...
+
+    def advance(self, n: int) -> None: ...
+
+    def stop(self) -> None: ...
+
+
+class PlainProgress(Progress):
+    """One line at least every ``interval`` seconds, from a timer thread so a slow batch still reports."""
+
+    def __init__(self, stream: TextIO | None = None, interval: float = PLAIN_INTERVAL):
+        self._stream = stream or sys.stderr
+        self._interval = interval
+        self._done = 0
+        self._total = 0
+        self._label = ""
+        self._t0 = 0.0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self, label: str, total: int) -> None:
+        self._label, self._total, self._done, self._t0 = label, total, 0, time.monotonic()
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="progress", daemon=True)
+        self._thread.start()
+
+    def advance(self, n: int) -> None:
+        self._done += n
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval):
+            self._line()
+
+    def _line(self) -> None:
+        elapsed = max(time.monotonic() - self._t0, 1e-9)
+        rate = self._done / elapsed
+        pct = 100.0 * self._done / self._total if self._total else 100.0
+        eta = (self._total - self._done) / rate if rate > 0 else float("nan")
+        eta_s = time.strftime("%H:%M:%S", time.gmtime(eta)) if eta == eta else "--:--:--"
+        print(
+            f"{self._label}: {self._done:,}/{self._total:,} records ({pct:.0f}%), {rate:,.0f} records/s, ETA {eta_s}",
+            file=self._stream,
+            flush=True,
+        )
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+
+
+class RichProgress(Progress):
+    """A rich progress bar (done/total, rate, ETA), refreshed by rich's own thread."""
+
+    def __init__(self) -> None:
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, TaskProgressColumn, TextColumn, TimeRemainingColumn
+        from rich.progress import Progress as Bar
+
+        self._bar = Bar(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TaskProgressColumn(),
+            TextColumn("{task.fields[rate]}"),
+            TimeRemainingColumn(),
+            console=Console(stderr=True),
+            refresh_per_second=4,
+            transient=True,
+        )
+        self._task = None
+        self._t0 = 0.0
+
+    def start(self, label: str, total: int) -> None:
+        self._bar.start()
+        self._t0 = time.monotonic()
+        self._task = self._bar.add_task(label, total=total, rate="")
+
+    def advance(self, n: int) -> None:
+        assert self._task is not None
+        task = self._bar.tasks[0]
+        rate = (task.completed + n) / max(time.monotonic() - self._t0, 1e-9)
+        self._bar.update(self._task, advance=n, rate=f"{rate:,.0f} rec/s")
+
+    def stop(self) -> None:
+        self._bar.stop()
+
+
+def for_terminal(quiet: bool, stream: TextIO | None = None) -> Progress:
+    """The progress reporter that fits: none, rich on a TTY, plain lines otherwise."""
+    if quiet:
+        return Progress()
+    stream = stream or sys.stderr
+    return RichProgress() if stream.isatty() else PlainProgress(stream)

@@ -1,0 +1,91 @@
+"""One declaration per record type: table, key, time column, columns, export columns.
+
+Adding a record type means adding a ``RecordType`` here; source, transforms and
+sinks are driven by these declarations.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+Kind = Literal["text", "int", "bool", "timestamp", "json"]
+Omit = Literal["never", "null", "null_or_empty"]
+
+
+@dataclass(frozen=True)
+class Column:
+    """An archive column and how it is typed and written in JSON."""
+
+    name: str
+    kind: Kind = "text"
+    omit: Omit = "never"  # when the JSON key is left out
+
+
+@dataclass(frozen=True)
+class CsvColumn:
+    """A CSV column: its header and the column (or derived value) it comes from."""
+
+    header: str
+    source: str
+    null_as: int | str | None = None  # written instead of NULL
+
+
+@dataclass(frozen=True)
+class RecordType:
+    name: str
+    table: str
+    key: str  # unique; the keyset tie-breaker
+    time: str  # the instant rows are ordered and filtered by
+    columns: tuple[Column, ...]  # in JSON key order
+    csv: tuple[CsvColumn, ...]
+
+    @property
+    def column_names(self) -> list[str]:
+        return [c.name for c in self.columns]
+
+
+POSTS = RecordType(
+    name="posts",
+    table="posts",
+    key="uri",
+    time="created_at",
+    columns=(
+        Column("uri"),
+        Column("cid"),
+        Column("did"),
+        Column("text"),
+        Column("created_at", "timestamp"),
+        Column("indexed_at", "timestamp"),
+        Column("has_media", "bool"),
+        Column("like_count", "int"),
+        Column("repost_count", "int"),
+        Column("reply_count", "int"),
+        Column("quote_count", "int"),
+        Column("is_reply", "bool"),
+        Column("reply_parent", omit="null_or_empty"),
+        Column("embed_type", omit="null_or_empty"),
+        Column("embed_data", "json", omit="null"),
+        Column("labels", "json", omit="null"),
+        Column("archived_at", "timestamp"),
+    ),
+    csv=(
+        CsvColumn("URI", "uri"),
+        CsvColumn("CID", "cid"),
+        CsvColumn("DID", "did"),
+        CsvColumn("Text", "text"),
+        CsvColumn("CreatedAt", "created_at"),
+        CsvColumn("LikeCount", "like_count", null_as=0),
+        CsvColumn("RepostCount", "repost_count", null_as=0),
+        CsvColumn("ReplyCount", "reply_count", null_as=0),
+        CsvColumn("QuoteCount", "quote_count", null_as=0),
+        CsvColumn("IsReply", "is_reply"),
+        CsvColumn("ReplyParent", "reply_parent"),
+        CsvColumn("HasMedia", "has_media"),
+        CsvColumn("MediaFiles", "media_files"),
+        CsvColumn("EmbedType", "embed_type"),
+        CsvColumn("IndexedAt", "indexed_at"),
+    ),
+)
+
+RECORD_TYPES: dict[str, RecordType] = {r.name: r for r in (POSTS,)}

@@ -1,0 +1,283 @@
+"""The runner: wires source → transforms → sinks → publish, with progress.
+
+A reader thread pages the archive while the main thread converts and writes,
+so SQLite and the encoders overlap; the queue between them holds at most a few
+batches, which keeps memory bounded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import queue
+import re
+import threading
+from collections.abc import Generator, Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime, time, timedelta
+from pathlib import Path
+from typing import TypeVar
+
+import polars as pl
+import pyarrow as pa
+
+from . import __version__, transforms
+from .errors import ExportError, PipelineError, UsageError
+from .progress import Progress
+from .publish import TOOL, Staging
+from .records import POSTS, RecordType
+from .sinks import SINKS, FileResult, NdjsonSink, Sink
+from .source import Archive, Filters, RecordSource, key_range
+
+FORMATS = tuple(SINKS)
+DEFAULT_FORMATS = ("csv", "json")
+_PREFETCH = 2
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    """What an export published: where, how many records, which files, rejects."""
+
+    out: Path
+    records: dict[str, int]
+    files: list[FileResult]
+    rejects: int
+    manifest: dict[str, object] = field(repr=False)
+
+
+def parse_bound(value: str | datetime | None, *, end_of_day: bool, option: str) -> int | None:
+    """A --since/--until value as µs since the epoch; a bare date --until means the day's end (UTC)."""
+    if value is None:
+        return None
+    if isinstance(value, datetime):
+        dt = value
+    else:
+        text = value.strip()
+        try:
+            if re.fullmatch(r"\d{4}-\d{2}-\d{2}", text):
+                day = datetime.fromisoformat(text).date()
+                dt = datetime.combine(day, time.max if end_of_day else time.min)
+            else:
+                dt = datetime.fromisoformat(text.replace(" ", "T", 1))
+        except ValueError:
+            raise UsageError(
+                f"{option}: cannot read {value!r} as a date (use YYYY-MM-DD or an ISO 8601 date-time)"
+            ) from None
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=UTC)
+    delta = dt - datetime(1970, 1, 1, tzinfo=UTC)
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def _iso(micros: int | None) -> str | None:
+    if micros is None:
+        return None
+    dt = datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=micros)
+    return dt.isoformat().replace("+00:00", "Z")
+
+
+def default_out(archive: Path, now: datetime | None = None) -> Path:
+    """A new timestamped folder under ./exports/."""
+    now = now or datetime.now(UTC)
+    return Path("exports") / f"{archive.stem}-{now.strftime('%Y%m%dT%H%M%SZ')}"
+
+
+def export(
+    archive: str | os.PathLike[str],
+    out: str | os.PathLike[str] | None = None,
+    *,
+    formats: Sequence[str] = DEFAULT_FORMATS,
+    did: str | None = None,
+    since: str | datetime | None = None,
+    until: str | datetime | None = None,
+    batch_size: int = 1000,
+    progress: Progress | None = None,
+) -> ExportResult:
+    """Export an archive's posts to ``out`` in each of ``formats``; publish all or nothing.
+
+    Raises a PipelineError subclass (UsageError, ArchiveError, OutputError,
+    ExportError) with a one-line message; nothing is written to ``out`` then.
+    """
+    formats = tuple(dict.fromkeys(formats))
+    unknown = [f for f in formats if f not in SINKS]
+    if unknown or not formats:
+        raise UsageError(f"unknown format(s): {', '.join(unknown) or '(none)'}; choose from {', '.join(FORMATS)}")
+    if batch_size < 1:
+        raise UsageError(f"--batch-size must be at least 1, not {batch_size}")
+    lo = parse_bound(since, end_of_day=False, option="--since")
+    hi = parse_bound(until, end_of_day=True, option="--until")
+    if lo is not None and hi is not None and lo > hi:
+        raise UsageError(f"--since ({since}) is after --until ({until})")
+    filters = Filters(did=did, since=lo, until=hi)
+    progress = progress or Progress()
+    archive_path = Path(archive)
+    out_path = Path(out) if out is not None else default_out(archive_path)
+
+    with Archive(archive_path) as db:
+        db.check(POSTS)
+        staging = Staging(out_path)
+        try:
+            files, records, rejects = _write_all(db, staging.path, POSTS, formats, filters, batch_size, progress)
+            manifest = {
+                "tool": TOOL,
+                "version": __version__,
+                "exported_at": datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
+                "archive": {"path": str(archive_path.resolve()), "size_bytes": archive_path.stat().st_size},
+                "filters": {"did": did, "since": _iso(lo), "until": _iso(hi)},
+                "formats": list(formats),
+                "records": records,
+                "files": [asdict(f) for f in files],
+                "media_count": 0,
+                "reject_count": rejects,
+            }
+            staging.write_manifest(manifest)
+            staging.publish()
+        except BaseException as e:
+            staging.discard()
+            if isinstance(e, OSError):
+                raise ExportError(
+                    f"writing the export failed: {e.strerror or e} ({e.filename or staging.path})"
+                ) from None
+            raise
+    return ExportResult(staging.out, records, files, rejects, manifest)
+
+
+def _write_all(
+    db: Archive,
+    folder: Path,
+    rtype: RecordType,
+    formats: Sequence[str],
+    filters: Filters,
+    batch_size: int,
+    progress: Progress,
+) -> tuple[list[FileResult], dict[str, int], int]:
+    source = db.read(rtype, filters, batch_size, spill_dir=folder)
+    sinks: dict[str, Sink] = {}
+    reject_sink: NdjsonSink | None = None
+    results: list[FileResult] = []
+    rejects = 0
+    wanted = frozenset(formats)
+    progress.start(rtype.name, source.total)
+    batches = prefetch(source, _PREFETCH)
+    try:
+        for batch in batches:
+            try:
+                out = transforms.transform(rtype, batch, wanted)
+                for fmt in formats:
+                    data = out.csv if fmt == "csv" else out.json
+                    assert data is not None
+                    if fmt not in sinks:
+                        sinks[fmt] = _open_sink(folder, rtype, fmt, data.schema)
+                    sinks[fmt].write(data)
+                if out.rejects.num_rows:
+                    reject_sink = reject_sink or NdjsonSink(folder, "rejects.ndjson")
+                    reject_sink.write(_reject_lines(out.rejects))
+                    rejects += out.rejects.num_rows
+            except PipelineError:
+                raise
+            except Exception as e:
+                span = key_range(batch)
+                if isinstance(e, OSError):
+                    raise ExportError(
+                        f"writing the export failed: {e.strerror or e}", record_type=rtype.name, key_range=span
+                    ) from None
+                raise ExportError(f"converting a batch failed: {e}", record_type=rtype.name, key_range=span) from e
+            progress.advance(batch.num_rows)
+        for fmt in formats:  # an export with no rows still has its files
+            if fmt not in sinks:
+                sinks[fmt] = _open_sink(folder, rtype, fmt, _empty_schema(rtype, fmt))
+        if source.unplaced.keys:
+            reject_sink = reject_sink or NdjsonSink(folder, "rejects.ndjson")
+            reject_sink.write(_reject_lines(_unplaced_rejects(rtype, source)))
+            rejects += len(source.unplaced.keys)
+        results = [sinks[fmt].close() for fmt in formats]
+        if reject_sink is not None:
+            results.append(reject_sink.close())
+        return results, {rtype.name: source.total}, rejects
+    except BaseException:
+        for s in [*sinks.values(), reject_sink]:
+            if s is not None:
+                s.abort()
+        raise
+    finally:
+        batches.close()  # stops the reader thread before its connection closes
+        progress.stop()
+        source.close()
+
+
+def _file_name(rtype: RecordType, fmt: str) -> str:
+    return f"{rtype.name}.{fmt}"
+
+
+def _open_sink(folder: Path, rtype: RecordType, fmt: str, schema: pa.Schema) -> Sink:
+    if fmt == "csv":
+        return SINKS[fmt](folder, _file_name(rtype, fmt), schema)
+    return SINKS[fmt](folder, _file_name(rtype, fmt))
+
+
+def _empty_schema(rtype: RecordType, fmt: str) -> pa.Schema:
+    empty = pa.RecordBatch.from_pylist([], pa.schema([(c, pa.string()) for c in rtype.column_names]))
+    out = transforms.transform(rtype, empty, frozenset([fmt]))
+    data = out.csv if fmt == "csv" else out.json
+    assert data is not None
+    return data.schema
+
+
+def _reject_lines(bad: pa.RecordBatch) -> pa.RecordBatch:
+    df = pl.from_arrow(bad)
+    assert isinstance(df, pl.DataFrame)
+    return transforms.to_batch(df.select(pl.struct(pl.all()).struct.json_encode().alias("json")))
+
+
+def _unplaced_rejects(rtype: RecordType, source: RecordSource) -> pa.RecordBatch:
+    n = len(source.unplaced.keys)
+    return pa.RecordBatch.from_pydict(
+        {
+            "type": [rtype.name] * n,
+            "key": source.unplaced.keys,
+            "column": [rtype.time] * n,
+            "value": source.unplaced.values,
+            "reason": ["not a timestamp; the row cannot be placed in time, so --since/--until excluded it"] * n,
+        },
+        schema=transforms.REJECT_SCHEMA,
+    )
+
+
+def prefetch(items: Iterable[T], depth: int) -> Generator[T, None, None]:
+    """Iterate ``items`` in a background thread, at most ``depth`` items ahead."""
+    q: queue.Queue[tuple[str, object]] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for item in items:
+                while not stop.is_set():
+                    try:
+                        q.put(("item", item), timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            q.put(("done", None))
+        except BaseException as e:  # handed to the consumer, raised there
+            q.put(("error", e))
+
+    thread = threading.Thread(target=produce, name="reader", daemon=True)
+    thread.start()
+    try:
+        while True:
+            kind, value = q.get()
+            if kind == "item":
+                yield value  # type: ignore[misc]
+            elif kind == "error":
+                raise value  # type: ignore[misc]
+            else:
+                return
+    finally:
+        stop.set()
+        while thread.is_alive():  # drain so a blocked producer can see the stop flag
+            with contextlib.suppress(queue.Empty):
+                q.get(timeout=0.1)
+        thread.join()

@@ -1,0 +1,136 @@
+"""CSV / JSON / NDJSON writers with a lifecycle: open → write(batch)… → close() or abort().
+
+Every sink hashes (SHA-256) and counts the bytes it writes as it writes them, so
+the manifest needs no second read of the files.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import polars as pl
+import pyarrow as pa
+import pyarrow.csv as pa_csv
+
+BOM = b"\xef\xbb\xbf"
+
+
+@dataclass(frozen=True)
+class FileResult:
+    """What one sink wrote: path (relative to the export folder), records, bytes, SHA-256."""
+
+    path: str
+    records: int
+    size_bytes: int
+    sha256: str
+
+
+class _HashingFile:
+    """A binary file that hashes and counts what goes through it."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._f = open(path, "xb")  # noqa: SIM115 - closed by close()/abort()
+        self._hash = hashlib.sha256()
+        self.size = 0
+        self.closed = False
+
+    def write(self, data: bytes | memoryview | pa.Buffer) -> int:
+        view = memoryview(data)
+        self._f.write(view)
+        self._hash.update(view)
+        self.size += view.nbytes
+        return view.nbytes
+
+    def flush(self) -> None:
+        self._f.flush()
+
+    def finish(self) -> str:
+        """Flush to disk (fsync) and close; return the hex digest."""
+        self._f.flush()
+        os.fsync(self._f.fileno())
+        self._f.close()
+        self.closed = True
+        return self._hash.hexdigest()
+
+    def discard(self) -> None:
+        if not self._f.closed:
+            with contextlib.suppress(OSError):  # the disk may be full; the file goes either way
+                self._f.close()
+        self.closed = True
+        self.path.unlink(missing_ok=True)
+
+
+class Sink:
+    """Base lifecycle. Subclasses implement ``_write`` and may extend ``_finish``."""
+
+    def __init__(self, folder: Path, name: str):
+        self.name = name
+        self._file = _HashingFile(folder / name)
+        self.records = 0
+
+    def write(self, batch: pa.RecordBatch) -> None:
+        self._write(batch)
+        self.records += batch.num_rows
+
+    def _write(self, batch: pa.RecordBatch) -> None:
+        raise NotImplementedError
+
+    def _finish(self) -> None:
+        pass
+
+    def close(self) -> FileResult:
+        self._finish()
+        digest = self._file.finish()
+        return FileResult(self.name, self.records, self._file.size, digest)
+
+    def abort(self) -> None:
+        self._file.discard()
+
+
+class CsvSink(Sink):
+    """UTF-8 CSV with a BOM, a header row, RFC 4180 quoting, ``\\n`` line ends."""
+
+    def __init__(self, folder: Path, name: str, schema: pa.Schema):
+        super().__init__(folder, name)
+        self._file.write(BOM)
+        self._writer = pa_csv.CSVWriter(
+            self._file, schema, write_options=pa_csv.WriteOptions(include_header=True, eol="\n")
+        )
+
+    def _write(self, batch: pa.RecordBatch) -> None:
+        self._writer.write_batch(batch)
+
+    def _finish(self) -> None:
+        self._writer.close()
+
+
+def _joined(batch: pa.RecordBatch, separator: str) -> bytes:
+    """The batch's single string column, rows joined by ``separator``, as UTF-8."""
+    return pl.Series(batch.column(0)).str.join(separator).item().encode()
+
+
+class NdjsonSink(Sink):
+    """One JSON document per line; each batch holds one column of encoded objects."""
+
+    def _write(self, batch: pa.RecordBatch) -> None:
+        if batch.num_rows:
+            self._file.write(_joined(batch, "\n") + b"\n")
+
+
+class JsonArraySink(Sink):
+    """A JSON array: ``[`` line, one object per line joined by ``,\\n``, then ``]``."""
+
+    def _write(self, batch: pa.RecordBatch) -> None:
+        if batch.num_rows:
+            self._file.write((b",\n" if self.records else b"[\n") + _joined(batch, ",\n"))
+
+    def _finish(self) -> None:
+        self._file.write(b"\n]\n" if self.records else b"[]\n")
+
+
+SINKS = {"csv": CsvSink, "json": JsonArraySink, "ndjson": NdjsonSink}

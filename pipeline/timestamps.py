@@ -1,0 +1,108 @@
+"""Timestamp parsing and formatting as Polars expressions.
+
+Archives spell instants in many ways (``Z``, ``+00:00``, other offsets, 0–9
+fractional digits, SQLite's ``YYYY-MM-DD HH:MM:SS``). Each value is parsed once
+into microseconds since the epoch (UTC). A value that does not denote an
+instant, or that carries more precision than a microsecond (which the export's
+0/3/6-digit form could not write without loss), parses to null; the caller
+reports it as a reject.
+"""
+
+from __future__ import annotations
+
+import polars as pl
+
+# Everything ISO 8601-like the slow path reads: date, optional time (seconds
+# and fraction optional), optional zone (Z, ±HH, ±HHMM, ±HH:MM).
+_PATTERN = (
+    r"^\s*(\d{4}-\d{2}-\d{2})"
+    r"(?:[Tt ](\d{2}:\d{2})(?::(\d{2})(?:\.(\d{1,9}))?)?"
+    r"\s*(?:[Zz]|([+-])(\d{2})(?::?(\d{2}))?)?)?\s*$"
+)
+_CANONICAL_FORMAT = "%Y-%m-%dT%H:%M:%S%.f%:z"
+# More than six fractional digits, not all of them zero past the sixth.
+_SUB_MICROSECOND = r"\.\d{6}\d*[1-9]"
+
+
+def _strptime(text: pl.Expr, fmt: str, tz: str | None) -> pl.Expr:
+    return text.str.to_datetime(fmt, time_unit="us", time_zone=tz, strict=False).dt.epoch("us")
+
+
+def _canonical(groups: pl.Expr) -> pl.Expr:
+    """The slow path's capture groups rewritten as ``YYYY-MM-DDTHH:MM:SS.ffffff±HH:MM``."""
+    g = groups.struct
+    return pl.concat_str(
+        g.field("1"),
+        pl.lit("T"),
+        g.field("2").fill_null("00:00"),
+        pl.lit(":"),
+        g.field("3").fill_null("00"),
+        pl.lit("."),
+        g.field("4").fill_null("").str.slice(0, 6).str.pad_end(6, "0"),
+        g.field("5").fill_null("+"),
+        g.field("6").fill_null("00"),
+        pl.lit(":"),
+        g.field("7").fill_null("00"),
+    )
+
+
+def instant_steps(source: str, out: str) -> list[dict[str, pl.Expr]]:
+    """Steps (for successive ``with_columns``) that parse column ``source`` into µs column ``out``.
+
+    The common spellings go through one fast strptime each, in turn; each later
+    parser only sees the values the earlier ones could not read: string kernels
+    skip nulls, so masking the input keeps the slow paths cheap. Each step is
+    its own column so nothing is computed twice. Helper columns start with
+    ``_t_`` and are dropped by the caller (``drop_steps``).
+    """
+    text = pl.col(source)
+    a, rest, b, rest2, groups = (f"_t_{out}_{x}" for x in ("a", "rest", "b", "rest2", "groups"))
+    return [
+        {a: _strptime(text, "%Y-%m-%dT%H:%M:%S%.f%#z", "UTC")},
+        {rest: pl.when(pl.col(a).is_null()).then(text)},
+        {b: _strptime(pl.col(rest), "%Y-%m-%d %H:%M:%S%.f", None)},
+        {rest2: pl.when(pl.col(b).is_null()).then(pl.col(rest))},
+        {groups: pl.col(rest2).str.extract_groups(_PATTERN)},
+        {
+            out: pl.when(text.str.contains(_SUB_MICROSECOND))
+            .then(None)
+            .otherwise(pl.coalesce(a, b, _strptime(_canonical(pl.col(groups)), _CANONICAL_FORMAT, "UTC")))
+        },
+    ]
+
+
+def apply_steps(frame: pl.LazyFrame, steps: list[list[dict[str, pl.Expr]]]) -> pl.LazyFrame:
+    """Run several columns' steps side by side, one ``with_columns`` per step, then drop helpers."""
+    for i in range(max((len(s) for s in steps), default=0)):
+        exprs = [e.alias(name) for s in steps if i < len(s) for name, e in s[i].items()]
+        if exprs:
+            frame = frame.with_columns(exprs)
+    return frame.select(pl.exclude("^_t_.*$"))
+
+
+def parse_instants(values: pl.Series) -> pl.Series:
+    """Parse a Series of timestamp text into µs since the epoch (null where not an instant)."""
+    frame = values.cast(pl.String).to_frame("t").lazy()
+    out = apply_steps(frame, [instant_steps("t", "us")]).select("us").collect()
+    return out.to_series().alias(values.name)
+
+
+def format_instant(micros: pl.Expr, *, fraction: bool) -> pl.Expr:
+    """RFC 3339 UTC text with ``Z``; with ``fraction``, 0, 3 or 6 digits, the fewest exact."""
+    dt = micros.cast(pl.Datetime("us"))
+    if not fraction:
+        return dt.dt.strftime("%Y-%m-%dT%H:%M:%SZ")
+    sub = micros.mod(1_000_000)
+    digits = (
+        pl.when(sub == 0)
+        .then(pl.lit(""))
+        .when(sub.mod(1000) == 0)
+        .then(pl.lit(".") + (sub // 1000).cast(pl.String).str.zfill(3))
+        .otherwise(pl.lit(".") + sub.cast(pl.String).str.zfill(6))
+    )
+    return pl.concat_str(dt.dt.strftime("%Y-%m-%dT%H:%M:%S"), digits, pl.lit("Z"))
+
+
+def format_micros(micros: int) -> str:
+    """One instant as export text with fraction (for messages, not hot paths)."""
+    return pl.select(format_instant(pl.lit(micros, pl.Int64), fraction=True)).item()

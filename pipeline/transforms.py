@@ -1,0 +1,393 @@
+"""Pure, vectorised batch transforms: source batch → typed frame → export batches.
+
+Every expression is built once per record type (``_Plan``) and applied to each
+batch. ``typed`` converts each column once (timestamps to µs, integers,
+booleans, validated JSON) and keeps the stored text of converted columns beside
+the value, as ``_raw_<name>``: a cell whose stored text is not null but whose
+value is null could not be converted. It is a reject, written as stored.
+``csv_batch``, ``json_batch`` and ``rejects`` each read the typed batch;
+``transform`` computes all a runner needs from one source batch.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import re
+from dataclasses import dataclass
+
+import polars as pl
+import pyarrow as pa
+import pyarrow.json as pa_json
+
+from .records import Column, RecordType
+from .timestamps import apply_steps, format_instant, instant_steps
+
+RAW = "_raw_"
+REJECT_SCHEMA = pa.schema(
+    [
+        ("type", pa.string()),
+        ("key", pa.string()),
+        ("column", pa.string()),
+        ("value", pa.string()),
+        ("reason", pa.string()),
+    ]
+)
+_REASONS = {
+    "timestamp": "not a timestamp this tool can read exactly (ISO 8601 / RFC 3339, at most microseconds)",
+    "int": "not an integer",
+    "bool": "not a boolean (0/1)",
+    "json": "malformed JSON",
+}
+_MEDIA_DTYPE = pl.Struct(
+    {
+        "images": pl.List(pl.Struct({"fullsize": pl.String})),
+        "media": pl.Struct({"images": pl.List(pl.Struct({"fullsize": pl.String}))}),
+        "external": pl.Struct({"thumb": pl.String}),
+    }
+)
+_ROW_IN_ERROR = re.compile(r"in row (\d+)")
+_MAX_RESTARTS = 16
+
+
+@dataclass(frozen=True)
+class Outputs:
+    """What one source batch becomes: the batch per format asked for, and its rejects."""
+
+    csv: pa.RecordBatch | None
+    json: pa.RecordBatch | None
+    rejects: pa.RecordBatch
+
+
+# --- the plan: expressions built once per record type ------------------------------
+
+
+@dataclass(frozen=True)
+class _Plan:
+    typed_steps: tuple[tuple[dict[str, pl.Expr], ...], ...]
+    csv: tuple[pl.Expr, ...]
+    json: pl.Expr
+    rejected: pl.Expr  # true if the batch has any reject
+
+
+@functools.cache
+def _plan(rtype: RecordType) -> _Plan:
+    # Step 0 keeps the stored text of every converted column; conversions follow.
+    steps: list[list[dict[str, pl.Expr]]] = [
+        [{RAW + c.name: pl.col(c.name) for c in rtype.columns if c.kind != "text"}]
+    ]
+    for c in rtype.columns:
+        if c.kind == "timestamp":
+            steps.append([{}, *instant_steps(RAW + c.name, c.name)])
+        elif c.kind != "text":
+            steps.append([{}, {c.name: _convert(c, pl.col(RAW + c.name))}])
+    by_name = {c.name: c for c in rtype.columns}
+    csv = tuple(
+        (_media_files() if c.source == "media_files" else _csv_value(by_name[c.source], c.null_as)).alias(c.header)
+        for c in rtype.csv
+    )
+    fragments = [_json_fragment(c) for c in rtype.columns]
+    obj = pl.concat_str([pl.lit("{"), pl.concat_str(fragments, separator=",", ignore_nulls=True), pl.lit("}")])
+    masks = [_rejected(c) for c in rtype.columns if c.kind != "text"]
+    return _Plan(
+        typed_steps=_merge_steps(steps),
+        csv=csv,
+        json=obj.alias("json"),
+        rejected=pl.any_horizontal(masks).any() if masks else pl.lit(False),
+    )
+
+
+def _merge_steps(per_column: list[list[dict[str, pl.Expr]]]) -> tuple[tuple[dict[str, pl.Expr], ...], ...]:
+    return tuple(tuple(s) for s in per_column)
+
+
+def _rejected(col: Column) -> pl.Expr:
+    return pl.col(RAW + col.name).is_not_null() & pl.col(col.name).is_null()
+
+
+def _convert(col: Column, raw: pl.Expr) -> pl.Expr:
+    if col.kind == "int":
+        return raw.str.strip_chars().cast(pl.Int64, strict=False)
+    if col.kind == "bool":
+        return raw.str.strip_chars().cast(pl.Int64, strict=False) != 0
+    if col.kind == "json":
+        return raw.map_batches(valid_json, return_dtype=pl.String)
+    raise ValueError(f"no conversion for column kind {col.kind!r}")
+
+
+# --- typed ------------------------------------------------------------------------
+
+
+def _frame(batch: pa.RecordBatch | pa.Table) -> pl.DataFrame:
+    df = pl.from_arrow(batch)
+    assert isinstance(df, pl.DataFrame)
+    return df
+
+
+def to_batch(df: pl.DataFrame) -> pa.RecordBatch:
+    """A Polars frame as one Arrow record batch (also when it has no rows)."""
+    table = df.to_arrow()
+    if table.num_rows == 0:
+        return pa.RecordBatch.from_arrays([pa.array([], t) for t in table.schema.types], schema=table.schema)
+    return table.combine_chunks().to_batches(max_chunksize=None)[0]
+
+
+def _typed_frame(rtype: RecordType, batch: pa.RecordBatch) -> pl.DataFrame:
+    frame = _frame(batch).lazy().with_columns(pl.col(c).cast(pl.String) for c in rtype.column_names)
+    return apply_steps(frame, [list(s) for s in _plan(rtype).typed_steps]).collect()
+
+
+def typed(rtype: RecordType, batch: pa.RecordBatch) -> pa.RecordBatch:
+    """Convert each column of a source batch to its kind; keep stored text of converted ones."""
+    return to_batch(_typed_frame(rtype, batch))
+
+
+def transform(rtype: RecordType, batch: pa.RecordBatch, formats: set[str] | frozenset[str]) -> Outputs:
+    """Everything the runner writes for one source batch, converting each column once."""
+    df = _typed_frame(rtype, batch)
+    plan = _plan(rtype)
+    csv = to_batch(df.select(plan.csv)) if "csv" in formats else None
+    js = to_batch(df.select(plan.json)) if formats & {"json", "ndjson"} else None
+    bad = _rejects(rtype, df) if df.select(plan.rejected).item() else pa.RecordBatch.from_pylist([], REJECT_SCHEMA)
+    return Outputs(csv, js, bad)
+
+
+# --- JSON validation ----------------------------------------------------------------
+
+
+def valid_json(s: pl.Series) -> pl.Series:
+    """Each stored JSON text as one line (newlines are whitespace), or null if malformed.
+
+    Validation parses ``{"v": <text>}`` lines with pyarrow's JSON reader
+    (RapidJSON), a block of lines per call; a parse error names its row, which
+    is marked, and parsing resumes after it. The text itself is kept as stored,
+    so nested values come out exactly as the archive has them (no invented or
+    dropped keys).
+    """
+    line = s.str.replace_all(r"[\r\n]", " ").str.strip_chars()
+    # What cannot start a JSON value needs no parser to be rejected (e.g. '').
+    plausible = line.str.contains(r'^[\[{"\-0-9tfn]').fill_null(False)
+    line = line.set(~plausible, None)
+    if not plausible.any():
+        return line
+    idx = plausible.arg_true()
+    ok = _validate_lines(line.gather(idx))
+    return line.scatter(idx.filter(~ok), None) if not ok.all() else line
+
+
+_PARSE = pa_json.ParseOptions(explicit_schema=pa.schema([]), unexpected_field_behavior="ignore")
+_BLOCK_LINES = 2048
+
+
+def _validate_lines(values: pl.Series) -> pl.Series:
+    """True for each value that is one well-formed JSON document."""
+    wrapped = values.to_frame("v").select(pl.lit('{"v":') + pl.col("v") + pl.lit("}\n")).to_series()
+    arr = wrapped.to_arrow()
+    if isinstance(arr, pa.ChunkedArray):
+        arr = arr.combine_chunks()
+    arr = arr.cast(pa.large_string())
+    data = arr.buffers()[2]
+    offsets = memoryview(arr.buffers()[1]).cast("q")[arr.offset : arr.offset + len(arr) + 1]
+    ok: list[bool] = []
+    for first in range(0, len(arr), _BLOCK_LINES):
+        last = min(first + _BLOCK_LINES, len(arr))
+        ok += _validate_block(data, offsets, first, last, values)
+    return pl.Series(ok, dtype=pl.Boolean)
+
+
+def _validate_block(data: pa.Buffer, offsets: memoryview, first: int, last: int, values: pl.Series) -> list[bool]:
+    ok = [True] * (last - first)
+    row = first
+    for _ in range(_MAX_RESTARTS):
+        chunk = data.slice(offsets[row], offsets[last] - offsets[row])
+        try:
+            parsed = pa_json.read_json(
+                pa.BufferReader(chunk),
+                read_options=pa_json.ReadOptions(use_threads=False, block_size=chunk.size + 1),
+                parse_options=_PARSE,
+            ).num_rows
+        except pa.ArrowInvalid as e:
+            m = _ROW_IN_ERROR.search(str(e))
+            if not m:
+                break
+            bad = row + int(m.group(1))
+            ok[bad - first] = False
+            row = bad + 1
+            if row >= last:
+                return ok
+            continue
+        if parsed == last - row:
+            return ok
+        break  # a value smuggled in a second document: let the strict parser decide
+    return ok[: row - first] + _validate_each(values.slice(row, last - row))
+
+
+def _validate_each(values: pl.Series) -> list[bool]:
+    """Slow path, one value at a time: many bad values in a block, or an ambiguous parse."""
+    ok = []
+    for v in values.to_list():
+        try:
+            json.loads(v)
+            ok.append(True)
+        except ValueError:
+            ok.append(False)
+    return ok
+
+
+# --- rejects -----------------------------------------------------------------------
+
+
+def _rejects(rtype: RecordType, df: pl.DataFrame) -> pa.RecordBatch:
+    parts = []
+    for col in rtype.columns:
+        if col.kind == "text":
+            continue
+        bad = df.filter(_rejected(col))
+        if bad.height:
+            parts.append(
+                bad.select(
+                    type=pl.lit(rtype.name),
+                    key=pl.col(rtype.key),
+                    column=pl.lit(col.name),
+                    value=pl.col(RAW + col.name),
+                    reason=pl.lit(_REASONS[col.kind]),
+                )
+            )
+    if not parts:
+        return pa.RecordBatch.from_pylist([], REJECT_SCHEMA)
+    return to_batch(pl.concat(parts)).cast(REJECT_SCHEMA)
+
+
+def rejects(rtype: RecordType, typed_batch: pa.RecordBatch) -> pa.RecordBatch:
+    """One row per cell that could not be converted: its row key, column, stored value, reason."""
+    return _rejects(rtype, _frame(typed_batch))
+
+
+# --- CSV ------------------------------------------------------------------------------
+
+
+def _csv_value(col: Column, null_as: int | str | None) -> pl.Expr:
+    """One CSV column. Integers and booleans stay typed so pyarrow writes them bare
+    (it quotes every string); a cell of theirs that is a reject is left empty here
+    and its stored text goes to rejects. Timestamps and JSON are text, so a reject
+    there is written as stored."""
+    v = pl.col(col.name)
+    if col.kind == "text":
+        out = v
+    elif col.kind == "timestamp":
+        out = pl.when(v.is_null()).then(pl.col(RAW + col.name)).otherwise(format_instant(v, fraction=False))
+    elif col.kind in ("int", "bool"):
+        out = v
+    else:  # json: as stored
+        out = pl.col(RAW + col.name)
+    if null_as is not None:
+        stored = v if col.kind == "text" else pl.col(RAW + col.name)
+        out = pl.when(stored.is_null()).then(pl.lit(null_as)).otherwise(out)
+    return out
+
+
+def csv_batch(rtype: RecordType, typed_batch: pa.RecordBatch) -> pa.RecordBatch:
+    """The CSV columns of ``rtype`` (headers as names): text, integers and booleans."""
+    return to_batch(_frame(typed_batch).select(_plan(rtype).csv))
+
+
+def _media_files() -> pl.Expr:
+    """MediaFiles: media hashes from ``embed_data`` when ``has_media``, ``;``-separated."""
+    embed = pl.when(pl.col("has_media")).then(pl.col("embed_data"))
+    return embed.map_batches(_media_files_of, return_dtype=pl.String)
+
+
+def _media_files_of(embeds: pl.Series) -> pl.Series:
+    try:
+        decoded = embeds.str.json_decode(_MEDIA_DTYPE)
+    except pl.exceptions.PolarsError:
+        # An embed of unexpected shape: this batch takes the slow path.
+        return pl.Series([";".join(media_hashes(_loads(e))) for e in embeds], dtype=pl.String)
+    e = decoded.to_frame("e").select(
+        pl.concat_list(
+            pl.col("e").struct.field("images").list.eval(pl.element().struct.field("fullsize")).fill_null([]),
+            pl.col("e")
+            .struct.field("media")
+            .struct.field("images")
+            .list.eval(pl.element().struct.field("fullsize"))
+            .fill_null([]),
+            pl.concat_list(pl.col("e").struct.field("external").struct.field("thumb")).fill_null([]),
+        )
+        .list.drop_nulls()
+        .list.eval(pl.element().str.extract(r"([^/]*)$").str.replace(r"@[^@/]*$", ""))
+        .list.join(";")
+        .fill_null("")
+    )
+    return e.to_series()
+
+
+def _loads(text: str | None) -> object:
+    try:
+        return None if text is None else json.loads(text)
+    except ValueError:
+        return None
+
+
+def media_hashes(embed: object) -> list[str]:
+    """The spec's MediaFiles rule for one decoded embed (the slow path)."""
+
+    def fullsizes(images: object) -> list[str]:
+        if not isinstance(images, list):
+            return []
+        return [i["fullsize"] for i in images if isinstance(i, dict) and isinstance(i.get("fullsize"), str)]
+
+    if not isinstance(embed, dict):
+        return []
+    urls = fullsizes(embed.get("images"))
+    media = embed.get("media")
+    if isinstance(media, dict):
+        urls += fullsizes(media.get("images"))
+    external = embed.get("external")
+    if isinstance(external, dict) and isinstance(external.get("thumb"), str):
+        urls.append(external["thumb"])
+    return [re.sub(r"@[^@/]*$", "", u.rsplit("/", 1)[-1]) for u in urls]
+
+
+# --- JSON -----------------------------------------------------------------------------
+
+
+def _json_string(expr: pl.Expr, key: str) -> pl.Expr:
+    """``"key":"escaped text"`` (or ``"key":null``) using Polars' JSON encoder."""
+    return pl.struct(expr.alias(key)).struct.json_encode().str.strip_prefix("{").str.strip_suffix("}")
+
+
+def _json_fragment(col: Column) -> pl.Expr:
+    """``"key":value`` for one column, or null where the key is left out."""
+    v = pl.col(col.name)
+    raw = v if col.kind == "text" else pl.col(RAW + col.name)
+    key = pl.lit(json.dumps(col.name, ensure_ascii=False) + ":")
+    if col.kind == "text":
+        frag = _json_string(v, col.name)
+    elif col.kind == "timestamp":
+        text = pl.when(v.is_null()).then(raw).otherwise(format_instant(v, fraction=True))
+        frag = _json_string(text, col.name)
+    else:
+        if col.kind == "int":
+            literal = v.cast(pl.String)
+        elif col.kind == "bool":
+            literal = pl.when(v).then(pl.lit("true")).otherwise(pl.lit("false"))
+        else:  # json: nested as stored
+            literal = v
+        # null stays null; a reject is written as the stored text, a JSON string
+        frag = (
+            pl.when(v.is_not_null())
+            .then(key + literal)
+            .when(raw.is_null())
+            .then(key + pl.lit("null"))
+            .otherwise(_json_string(raw, col.name))
+        )
+    if col.omit == "null":
+        frag = pl.when(raw.is_null()).then(None).otherwise(frag)
+    elif col.omit == "null_or_empty":
+        frag = pl.when(raw.is_null() | (raw == "")).then(None).otherwise(frag)
+    return frag
+
+
+def json_batch(rtype: RecordType, typed_batch: pa.RecordBatch) -> pa.RecordBatch:
+    """One column, ``json``: each row as a compact JSON object in the spec's key order."""
+    return to_batch(_frame(typed_batch).select(_plan(rtype).json))

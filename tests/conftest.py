@@ -1,0 +1,56 @@
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+FIXTURE = ROOT / "data" / "fixtures" / "archive.db"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+
+def _load_generator():
+    spec = importlib.util.spec_from_file_location("make_archive", ROOT / "data" / "fixtures" / "make_archive.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+make_archive = _load_generator().make_archive
+
+
+@pytest.fixture(scope="session")
+def fixture_archive() -> Path:
+    assert FIXTURE.exists(), "the bundled fixture archive is missing"
+    return FIXTURE
+
+
+@pytest.fixture(scope="session")
+def archive_20k(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("archives") / "posts20k.db"
+    make_archive(path, posts=20_000, seed=7)
+    return path
+
+
+@pytest.fixture(scope="session")
+def archive_null_prefix(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("archives") / "nullprefix.db"
+    make_archive(path, posts=8_000, seed=3, null_prefix=5_000)
+    return path
+
+
+def run_cli(*args: str | os.PathLike[str], **kwargs) -> subprocess.CompletedProcess[str]:
+    """Run the installed console script's module as a separate process."""
+    return subprocess.run(
+        [sys.executable, str(ROOT / "cli.py"), *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=kwargs.pop("cwd", ROOT),
+        timeout=kwargs.pop("timeout", 300),
+        **kwargs,
+    )

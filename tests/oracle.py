@@ -1,0 +1,227 @@
+"""An independent oracle: the export format computed with the stdlib only.
+
+Reads the archive with ``sqlite3``, parses timestamps with ``re`` and
+``datetime``, and builds the expected CSV cells and JSON objects straight from
+``../shared/export-format.md``. Shares no code with ``pipeline``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sqlite3
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta, timezone
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+TS = re.compile(
+    r"\s*(\d{4})-(\d{2})-(\d{2})"
+    r"(?:[Tt ](\d{2}):(\d{2})(?::(\d{2})(?:\.(\d{1,9}))?)?"
+    r"\s*(?:([Zz])|([+-])(\d{2})(?::?(\d{2}))?)?)?\s*"
+)
+POST_COLUMNS = [
+    "uri", "cid", "did", "text", "created_at", "indexed_at", "has_media", "like_count", "repost_count",
+    "reply_count", "quote_count", "is_reply", "reply_parent", "embed_type", "embed_data", "labels", "archived_at",
+]  # fmt: skip
+CSV_HEADER = [
+    "URI", "CID", "DID", "Text", "CreatedAt", "LikeCount", "RepostCount", "ReplyCount", "QuoteCount",
+    "IsReply", "ReplyParent", "HasMedia", "MediaFiles", "EmbedType", "IndexedAt",
+]  # fmt: skip
+
+
+def instant(value: object) -> int | None:
+    """µs since the epoch, or None when ``value`` is not a timestamp we read exactly."""
+    if not isinstance(value, str):
+        return None
+    m = TS.fullmatch(value)
+    if not m:
+        return None
+    y, mo, d, hh, mm, ss, frac, z, sign, oh, om = m.groups()
+    frac = frac or ""
+    if frac[6:].strip("0"):
+        return None
+    try:
+        tz = UTC
+        if sign:
+            off = timedelta(hours=int(oh), minutes=int(om or 0))
+            tz = timezone(off if sign == "+" else -off)
+        dt = datetime(int(y), int(mo), int(d), int(hh or 0), int(mm or 0), int(ss or 0),
+                      int((frac + "000000")[:6]), tzinfo=tz)  # fmt: skip
+    except ValueError:
+        return None
+    delta = dt - EPOCH
+    return (delta.days * 86400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def rfc3339(micros: int, *, fraction: bool) -> str:
+    dt = EPOCH + timedelta(microseconds=micros)
+    base = f"{dt.year:04d}-{dt.month:02d}-{dt.day:02d}T{dt.hour:02d}:{dt.minute:02d}:{dt.second:02d}"
+    us = dt.microsecond
+    if not fraction or us == 0:
+        return base + "Z"
+    if us % 1000 == 0:
+        return f"{base}.{us // 1000:03d}Z"
+    return f"{base}.{us:06d}Z"
+
+
+@dataclass(frozen=True)
+class Expected:
+    csv_rows: list[list[str]]  # header first
+    objects: list[dict[str, object]]
+    rejects: list[dict[str, str]]
+
+
+def as_text(v: object) -> str | None:
+    """SQLite's own text rendering of a stored value (what CAST(v AS TEXT) gives)."""
+    if v is None:
+        return None
+    if isinstance(v, str):
+        return v
+    if isinstance(v, float):
+        return repr(v) if v != int(v) or abs(v) >= 1e15 else f"{v:.1f}"
+    return str(v)
+
+
+def as_int(v: object) -> int | None:
+    t = as_text(v)
+    if t is None:
+        return None
+    try:
+        return int(t.strip())
+    except ValueError:
+        return None
+
+
+def media_hashes(embed: object) -> list[str]:
+    def fullsizes(images: object) -> list[str]:
+        out = []
+        for i in images if isinstance(images, list) else []:
+            if isinstance(i, dict) and isinstance(i.get("fullsize"), str):
+                out.append(i["fullsize"])
+        return out
+
+    if not isinstance(embed, dict):
+        return []
+    urls = fullsizes(embed.get("images"))
+    if isinstance(embed.get("media"), dict):
+        urls += fullsizes(embed["media"].get("images"))
+    if isinstance(embed.get("external"), dict) and isinstance(embed["external"].get("thumb"), str):
+        urls.append(embed["external"]["thumb"])
+    hashes = []
+    for u in urls:
+        seg = u.split("/")[-1]
+        hashes.append(seg.rsplit("@", 1)[0] if "@" in seg else seg)
+    return hashes
+
+
+def load_json(text: str | None) -> tuple[bool, object]:
+    if text is None:
+        return False, None
+    try:
+        return True, json.loads(text)
+    except ValueError:
+        return False, None
+
+
+def expected_posts(db: str, *, did: str | None = None, since: int | None = None, until: int | None = None) -> Expected:
+    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    cols = ", ".join(POST_COLUMNS)
+    rows = [dict(zip(POST_COLUMNS, r, strict=True)) for r in con.execute(f"SELECT {cols} FROM posts")]
+    con.close()
+    if did is not None:
+        rows = [r for r in rows if r["did"] == did]
+    timed = since is not None or until is not None
+    kept, unplaced = [], []
+    for r in rows:
+        t = instant(as_text(r["created_at"]))
+        if t is None:
+            (unplaced if timed else kept).append((None, r))
+        elif (since is None or t >= since) and (until is None or t <= until):
+            kept.append((t, r))
+    placed = sorted([x for x in kept if x[0] is not None], key=lambda x: (-x[0], x[1]["uri"]))
+    unp = sorted([x for x in kept if x[0] is None], key=lambda x: x[1]["uri"])
+    ordered = [r for _, r in placed + unp]
+
+    csv_rows = [CSV_HEADER]
+    objects: list[dict[str, object]] = []
+    rejects: list[dict[str, str]] = []
+
+    def reject(r: dict[str, object], column: str, reason_kind: str) -> None:
+        rejects.append({"key": r["uri"], "column": column, "value": as_text(r[column]), "kind": reason_kind})
+
+    for r in ordered:
+        # typed values
+        ts: dict[str, tuple[str | None, str | None]] = {}
+        for c in ("created_at", "indexed_at", "archived_at"):
+            raw = as_text(r[c])
+            t = instant(raw)
+            if raw is not None and t is None:
+                reject(r, c, "timestamp")
+                ts[c] = (raw, raw)
+            else:
+                ts[c] = (None, None) if t is None else (rfc3339(t, fraction=False), rfc3339(t, fraction=True))
+        ints: dict[str, int | None | str] = {}
+        for c in ("has_media", "like_count", "repost_count", "reply_count", "quote_count", "is_reply"):
+            raw = as_text(r[c])
+            v = as_int(raw)
+            if raw is not None and v is None:
+                reject(r, c, "int" if c.endswith("count") else "bool")
+            ints[c] = v
+        jsons: dict[str, tuple[bool, object]] = {}
+        for c in ("embed_data", "labels"):
+            raw = as_text(r[c])
+            ok, val = load_json(raw)
+            if raw is not None and not ok:
+                reject(r, c, "json")
+            jsons[c] = (ok, val)
+
+        def bool_text(c: str, ints: dict = ints) -> str:
+            v = ints[c]
+            return "" if v is None else ("true" if v else "false")
+
+        def count_text(c: str, ints: dict = ints, r: dict = r) -> str:
+            v = ints[c]
+            if v is None:
+                return "0" if r[c] is None else ""
+            return str(v)
+
+        has_media = ints["has_media"]
+        ok, embed = jsons["embed_data"]
+        media = ";".join(media_hashes(embed)) if has_media and ok else ""
+        csv_rows.append([
+            r["uri"], r["cid"], r["did"], "" if r["text"] is None else r["text"],
+            ts["created_at"][0] or "",
+            count_text("like_count"), count_text("repost_count"), count_text("reply_count"), count_text("quote_count"),
+            bool_text("is_reply"),
+            "" if r["reply_parent"] is None else r["reply_parent"],
+            bool_text("has_media"),
+            media,
+            "" if r["embed_type"] is None else r["embed_type"],
+            ts["indexed_at"][0] or "",
+        ])  # fmt: skip
+
+        o: dict[str, object] = {}
+        for c in ("uri", "cid", "did", "text"):
+            o[c] = as_text(r[c])
+        o["created_at"] = ts["created_at"][1]
+        o["indexed_at"] = ts["indexed_at"][1]
+        for c in ("has_media", "like_count", "repost_count", "reply_count", "quote_count", "is_reply"):
+            v = ints[c]
+            if v is None:
+                o[c] = as_text(r[c])  # null, or the stored text of a reject
+            elif c in ("has_media", "is_reply"):
+                o[c] = v != 0
+            else:
+                o[c] = v
+        for c in ("reply_parent", "embed_type"):
+            if r[c] is not None and r[c] != "":
+                o[c] = as_text(r[c])
+        for c in ("embed_data", "labels"):
+            if r[c] is not None:
+                ok, val = jsons[c]
+                o[c] = val if ok else as_text(r[c])
+        o["archived_at"] = ts["archived_at"][1]
+        objects.append(o)
+    for _, r in unplaced:
+        rejects.append({"key": r["uri"], "column": "created_at", "value": as_text(r["created_at"]), "kind": "unplaced"})
+    return Expected(csv_rows, objects, rejects)

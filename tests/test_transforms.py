@@ -1,0 +1,164 @@
+"""Encoders: property tests against the stdlib json module and the oracle's MediaFiles rule."""
+
+from __future__ import annotations
+
+import json
+
+import polars as pl
+import pyarrow as pa
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from oracle import media_hashes as oracle_media_hashes
+
+from pipeline import transforms
+from pipeline.records import POSTS
+
+# Any Unicode text SQLite can hold as TEXT (no NUL, no lone surrogates).
+texts = st.text(alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=60)
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**53), 2**53) | st.floats(allow_nan=False, allow_infinity=False) | texts,
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(texts, children, max_size=4),
+    max_leaves=12,
+)
+
+
+def _post_batch(rows: list[dict[str, str | None]]) -> pa.RecordBatch:
+    cols = {c: [r.get(c) for r in rows] for c in POSTS.column_names}
+    return pa.RecordBatch.from_pydict(cols, schema=pa.schema([(c, pa.string()) for c in POSTS.column_names]))
+
+
+def _objects(rows: list[dict[str, str | None]]) -> list[dict]:
+    out = transforms.json_batch(POSTS, transforms.typed(POSTS, _post_batch(rows)))
+    return [json.loads(s) for s in out.column(0).to_pylist()]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.one_of(st.none(), texts), min_size=1, max_size=20))
+def test_text_round_trips_through_json(values):
+    rows = [{"uri": f"u{i}", "text": v, "reply_parent": v} for i, v in enumerate(values)]
+    objs = _objects(rows)
+    assert [o["text"] for o in objs] == values
+    # reply_parent is left out when NULL or empty
+    assert [o.get("reply_parent") for o in objs] == [v or None for v in values]
+    for o in objs:
+        assert list(o)[:4] == ["uri", "cid", "did", "text"]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(json_values, st.sampled_from([None, 2, "\t"]), st.booleans()), min_size=1, max_size=12))
+def test_nested_json_comes_out_as_stored(items):
+    stored = [json.dumps(v, indent=indent, ensure_ascii=ascii_) for v, indent, ascii_ in items]
+    objs = _objects([{"uri": f"u{i}", "embed_data": s, "labels": None} for i, s in enumerate(stored)])
+    assert [o["embed_data"] for o in objs] == [json.loads(s) for s in stored]
+    assert all("labels" not in o for o in objs)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(texts, min_size=1, max_size=12))
+def test_malformed_json_is_written_as_stored_string(values):
+    rows = [{"uri": f"u{i}", "labels": v} for i, v in enumerate(values)]
+    typed = transforms.typed(POSTS, _post_batch(rows))
+    objs = [json.loads(s) for s in transforms.json_batch(POSTS, typed).column(0).to_pylist()]
+    rejected = {r["key"] for r in transforms.rejects(POSTS, typed).to_pylist()}
+    for i, v in enumerate(values):
+        try:
+            want = json.loads(v)
+            valid = True
+        except ValueError:
+            valid = False
+        if valid and not (isinstance(want, float) and want != want):
+            assert objs[i]["labels"] == want
+            assert f"u{i}" not in rejected
+        elif not valid:
+            assert objs[i]["labels"] == v
+            assert f"u{i}" in rejected
+
+
+def test_validation_resumes_after_each_bad_value():
+    values = ['{"a": 1}', "{bad", "[1, 2]", "", "nul", '"ok"', '1} {"v": 2', "{}"]
+    got = transforms.valid_json(pl.Series(values)).to_list()
+    want = [v if _is_json(v) else None for v in values]
+    assert got == want
+
+
+def _is_json(v: str) -> bool:
+    try:
+        json.loads(v)
+        return True
+    except ValueError:
+        return False
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.booleans(),
+            st.fixed_dictionaries(
+                {},
+                optional={
+                    "images": st.lists(
+                        st.fixed_dictionaries(
+                            {
+                                "fullsize": st.from_regex(
+                                    r"https://x/[a-z/]{0,8}[a-z0-9]{1,8}(@[a-z]{3,4})?", fullmatch=True
+                                )
+                            }
+                        ),
+                        max_size=3,
+                    ),
+                    "media": st.fixed_dictionaries(
+                        {
+                            "images": st.lists(
+                                st.fixed_dictionaries(
+                                    {"fullsize": st.from_regex(r"https://y/[a-z0-9]{1,8}@png", fullmatch=True)}
+                                ),
+                                max_size=2,
+                            )
+                        }
+                    ),
+                    "external": st.fixed_dictionaries(
+                        {}, optional={"thumb": st.from_regex(r"https://z/[a-z0-9]{1,8}@jpeg", fullmatch=True)}
+                    ),
+                    "record": st.just({"record": {"embeds": [{"images": [{"fullsize": "https://q/NOT@png"}]}]}}),
+                },
+            ),
+        ),
+        min_size=1,
+        max_size=10,
+    )
+)
+def test_media_files_follow_the_rule(items):
+    rows = [
+        {"uri": f"u{i}", "has_media": "1" if has else "0", "embed_data": json.dumps(embed)}
+        for i, (has, embed) in enumerate(items)
+    ]
+    csv = transforms.csv_batch(POSTS, transforms.typed(POSTS, _post_batch(rows)))
+    got = csv.column("MediaFiles").to_pylist()
+    assert got == [";".join(oracle_media_hashes(e)) if has else "" for has, e in items]
+
+
+def test_media_files_slow_path_on_odd_shapes():
+    embeds = ['{"external": {"thumb": {"$type": "blob"}}}', '{"images": [{"fullsize": "https://a/b/h1@jpeg"}]}']
+    rows = [{"uri": f"u{i}", "has_media": "1", "embed_data": e} for i, e in enumerate(embeds)]
+    csv = transforms.csv_batch(POSTS, transforms.typed(POSTS, _post_batch(rows)))
+    assert csv.column("MediaFiles").to_pylist() == ["", "h1"]
+
+
+def test_counts_and_booleans():
+    rows = [
+        {"uri": "a", "like_count": None, "is_reply": "1", "has_media": "0"},
+        {"uri": "b", "like_count": "12", "is_reply": "0", "has_media": None},
+        {"uri": "c", "like_count": "lots", "is_reply": "yes", "has_media": "1"},
+    ]
+    typed = transforms.typed(POSTS, _post_batch(rows))
+    csv = transforms.csv_batch(POSTS, typed).to_pydict()
+    assert csv["LikeCount"] == [0, 12, None]  # NULL is 0; a reject is left empty in CSV
+    assert csv["IsReply"] == [True, False, None]
+    objs = [json.loads(s) for s in transforms.json_batch(POSTS, typed).column(0).to_pylist()]
+    assert [o["like_count"] for o in objs] == [None, 12, "lots"]
+    assert [o["is_reply"] for o in objs] == [True, False, "yes"]
+    assert sorted((r["key"], r["column"]) for r in transforms.rejects(POSTS, typed).to_pylist()) == [
+        ("c", "is_reply"),
+        ("c", "like_count"),
+    ]
