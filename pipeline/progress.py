@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import threading
 import time
@@ -103,8 +104,13 @@ class RichProgress(Progress):
 
 
 def for_terminal(quiet: bool, stream: TextIO | None = None) -> Progress:
-    """The progress reporter that fits: none, rich on a TTY, plain lines otherwise."""
+    """The progress reporter that fits: none, rich on a TTY, plain lines otherwise.
+
+    ``PIPELINE_PROGRESS_INTERVAL`` (seconds, default 5) sets how often plain lines come.
+    """
     if quiet:
         return Progress()
     stream = stream or sys.stderr
-    return RichProgress() if stream.isatty() else PlainProgress(stream)
+    if stream.isatty():
+        return RichProgress()
+    return PlainProgress(stream, float(os.environ.get("PIPELINE_PROGRESS_INTERVAL", PLAIN_INTERVAL)))

@@ -238,14 +238,18 @@ def _validate_each(values: pl.Series) -> list[bool]:
 
 
 def _rejects(rtype: RecordType, df: pl.DataFrame) -> pa.RecordBatch:
+    """Rejects in row order, then column order, so the file does not depend on batching."""
+    df = df.with_row_index("_row")
     parts = []
-    for col in rtype.columns:
+    for i, col in enumerate(rtype.columns):
         if col.kind == "text":
             continue
         bad = df.filter(_rejected(col))
         if bad.height:
             parts.append(
                 bad.select(
+                    "_row",
+                    _col=pl.lit(i),
                     type=pl.lit(rtype.name),
                     key=pl.col(rtype.key),
                     column=pl.lit(col.name),
@@ -255,7 +259,7 @@ def _rejects(rtype: RecordType, df: pl.DataFrame) -> pa.RecordBatch:
             )
     if not parts:
         return pa.RecordBatch.from_pylist([], REJECT_SCHEMA)
-    return to_batch(pl.concat(parts)).cast(REJECT_SCHEMA)
+    return to_batch(pl.concat(parts).sort("_row", "_col").drop("_row", "_col")).cast(REJECT_SCHEMA)
 
 
 def rejects(rtype: RecordType, typed_batch: pa.RecordBatch) -> pa.RecordBatch:

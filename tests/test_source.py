@@ -1,0 +1,72 @@
+"""The source stage: fixed schema, export order, filters, bounded spill."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+import pytest
+from oracle import expected_posts, instant
+
+from pipeline import POSTS, Archive, Filters
+from pipeline.source import RecordSource
+
+STRING_SCHEMA = pa.schema([(c, pa.string()) for c in POSTS.column_names])
+
+
+def _read(db, batch_size=1000, bucket_bytes=None, **filters):
+    with Archive(db) as archive:
+        kwargs = {} if bucket_bytes is None else {"bucket_bytes": bucket_bytes}
+        source = RecordSource(archive, POSTS, Filters(**filters), batch_size, **kwargs)
+        batches = list(source)
+        total = source.total
+        source.close()
+    return batches, total
+
+
+@pytest.mark.parametrize("bucket_bytes", [None, 20_000])  # in memory, and spilled to many buckets
+def test_order_and_schema(fixture_archive, bucket_bytes):
+    batches, total = _read(fixture_archive, batch_size=333, bucket_bytes=bucket_bytes)
+    assert all(b.schema.remove_metadata() == STRING_SCHEMA for b in batches)
+    assert [b.num_rows for b in batches[:-1]] == [333] * (len(batches) - 1)
+    uris = [u for b in batches for u in b.column("uri").to_pylist()]
+    want = [o["uri"] for o in expected_posts(str(fixture_archive)).objects]
+    assert uris == want
+    assert total == len(want)
+
+
+def test_null_prefix_keeps_one_schema(archive_null_prefix):
+    batches, _ = _read(archive_null_prefix, batch_size=1000, bucket_bytes=200_000)
+    assert all(b.schema.remove_metadata() == STRING_SCHEMA for b in batches)
+    first = pa.Table.from_batches(batches[:5])
+    assert first.column("reply_parent").null_count == 5000
+    later = pa.Table.from_batches(batches[5:])
+    assert later.column("reply_parent").null_count < later.num_rows
+
+
+def test_filters(fixture_archive):
+    since = instant("2023-01-01T00:00:00Z")
+    until = instant("2023-12-31T23:59:59.999999Z")
+    batches, total = _read(fixture_archive, since=since, until=until)
+    uris = [u for b in batches for u in b.column("uri").to_pylist()]
+    want = [o["uri"] for o in expected_posts(str(fixture_archive), since=since, until=until).objects]
+    assert uris == want and total == len(want) > 0
+
+
+def test_spill_folder_is_removed(fixture_archive, tmp_path):
+    with Archive(fixture_archive) as archive:
+        source = RecordSource(archive, POSTS, Filters(), 100, spill_dir=tmp_path, bucket_bytes=20_000)
+        it = iter(source)
+        next(it)
+        assert any(tmp_path.iterdir()), "a small bucket size should spill"
+        for _ in it:
+            pass
+        source.close()
+    assert not any(tmp_path.iterdir())
+
+
+def test_batch_metadata_names_key_range(fixture_archive):
+    from pipeline.source import key_range
+
+    batches, _ = _read(fixture_archive, batch_size=10)
+    first = batches[0].column("uri").to_pylist()
+    text = key_range(batches[0])
+    assert first[0] in text and first[-1] in text
