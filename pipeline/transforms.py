@@ -39,15 +39,15 @@ _REASONS = {
     "bool": "not a boolean (0/1)",
     "json": "malformed JSON",
 }
-_MEDIA_DTYPE = pl.Struct(
-    {
-        "images": pl.List(pl.Struct({"fullsize": pl.String})),
-        "media": pl.Struct({"images": pl.List(pl.Struct({"fullsize": pl.String}))}),
-        "external": pl.Struct({"thumb": pl.String}),
-    }
+_IMAGES = pa.list_(pa.struct([("fullsize", pa.string())]))
+_MEDIA_TYPE = pa.struct(
+    [
+        ("images", _IMAGES),
+        ("media", pa.struct([("images", _IMAGES)])),
+        ("external", pa.struct([("thumb", pa.string())])),
+    ]
 )
 _ROW_IN_ERROR = re.compile(r"in row (\d+)")
-_MAX_RESTARTS = 16
 
 
 @dataclass(frozen=True)
@@ -62,24 +62,36 @@ class Outputs:
 # --- the plan: expressions built once per record type ------------------------------
 
 
+ALL_FORMATS = frozenset({"csv", "json", "ndjson"})
+
+
 @dataclass(frozen=True)
 class _Plan:
+    converted: tuple[Column, ...]  # the columns the formats need typed; others stay text
     typed_steps: tuple[tuple[dict[str, pl.Expr], ...], ...]
     csv: tuple[pl.Expr, ...]
     json: pl.Expr
     rejected: pl.Expr  # true if the batch has any reject
 
 
+_DERIVED_FROM = {"media_files": ("has_media", "embed_data")}
+
+
 @functools.cache
-def _plan(rtype: RecordType) -> _Plan:
+def _plan(rtype: RecordType, formats: frozenset[str] = ALL_FORMATS) -> _Plan:
+    """The expressions for ``rtype``, built once: only what ``formats`` write is converted
+    (a CSV export neither parses ``labels`` nor reports rejects in it)."""
+    if formats & {"json", "ndjson"}:
+        needed = set(rtype.column_names)
+    else:
+        needed = {n for c in rtype.csv for n in _DERIVED_FROM.get(c.source, (c.source,))}
+    converted = tuple(c for c in rtype.columns if c.kind != "text" and c.name in needed)
     # Step 0 keeps the stored text of every converted column; conversions follow.
-    steps: list[list[dict[str, pl.Expr]]] = [
-        [{RAW + c.name: pl.col(c.name) for c in rtype.columns if c.kind != "text"}]
-    ]
-    for c in rtype.columns:
+    steps: list[list[dict[str, pl.Expr]]] = [[{RAW + c.name: pl.col(c.name) for c in converted}]]
+    for c in converted:
         if c.kind == "timestamp":
             steps.append([{}, *instant_steps(RAW + c.name, c.name)])
-        elif c.kind != "text":
+        else:
             steps.append([{}, {c.name: _convert(c, pl.col(RAW + c.name))}])
     by_name = {c.name: c for c in rtype.columns}
     csv = tuple(
@@ -88,17 +100,14 @@ def _plan(rtype: RecordType) -> _Plan:
     )
     fragments = [_json_fragment(c) for c in rtype.columns]
     obj = pl.concat_str([pl.lit("{"), pl.concat_str(fragments, separator=",", ignore_nulls=True), pl.lit("}")])
-    masks = [_rejected(c) for c in rtype.columns if c.kind != "text"]
+    masks = [_rejected(c) for c in converted]
     return _Plan(
-        typed_steps=_merge_steps(steps),
+        converted=converted,
+        typed_steps=tuple(tuple(s) for s in steps),
         csv=csv,
         json=obj.alias("json"),
         rejected=pl.any_horizontal(masks).any() if masks else pl.lit(False),
     )
-
-
-def _merge_steps(per_column: list[list[dict[str, pl.Expr]]]) -> tuple[tuple[dict[str, pl.Expr], ...], ...]:
-    return tuple(tuple(s) for s in per_column)
 
 
 def _rejected(col: Column) -> pl.Expr:
@@ -132,23 +141,25 @@ def to_batch(df: pl.DataFrame) -> pa.RecordBatch:
     return table.combine_chunks().to_batches(max_chunksize=None)[0]
 
 
-def _typed_frame(rtype: RecordType, batch: pa.RecordBatch) -> pl.DataFrame:
+def _typed_frame(plan: _Plan, rtype: RecordType, batch: pa.RecordBatch) -> pl.DataFrame:
     frame = _frame(batch).lazy().with_columns(pl.col(c).cast(pl.String) for c in rtype.column_names)
-    return apply_steps(frame, [list(s) for s in _plan(rtype).typed_steps]).collect()
+    return apply_steps(frame, [list(s) for s in plan.typed_steps]).collect()
 
 
 def typed(rtype: RecordType, batch: pa.RecordBatch) -> pa.RecordBatch:
     """Convert each column of a source batch to its kind; keep stored text of converted ones."""
-    return to_batch(_typed_frame(rtype, batch))
+    return to_batch(_typed_frame(_plan(rtype), rtype, batch))
 
 
 def transform(rtype: RecordType, batch: pa.RecordBatch, formats: set[str] | frozenset[str]) -> Outputs:
     """Everything the runner writes for one source batch, converting each column once."""
-    df = _typed_frame(rtype, batch)
-    plan = _plan(rtype)
+    plan = _plan(rtype, frozenset(formats))
+    df = _typed_frame(plan, rtype, batch)
     csv = to_batch(df.select(plan.csv)) if "csv" in formats else None
     js = to_batch(df.select(plan.json)) if formats & {"json", "ndjson"} else None
-    bad = _rejects(rtype, df) if df.select(plan.rejected).item() else pa.RecordBatch.from_pylist([], REJECT_SCHEMA)
+    bad = (
+        _rejects(plan, rtype, df) if df.select(plan.rejected).item() else pa.RecordBatch.from_pylist([], REJECT_SCHEMA)
+    )
     return Outputs(csv, js, bad)
 
 
@@ -158,11 +169,8 @@ def transform(rtype: RecordType, batch: pa.RecordBatch, formats: set[str] | froz
 def valid_json(s: pl.Series) -> pl.Series:
     """Each stored JSON text as one line (newlines are whitespace), or null if malformed.
 
-    Validation parses ``{"v": <text>}`` lines with pyarrow's JSON reader
-    (RapidJSON), a block of lines per call; a parse error names its row, which
-    is marked, and parsing resumes after it. The text itself is kept as stored,
-    so nested values come out exactly as the archive has them (no invented or
-    dropped keys).
+    The text itself is kept as stored, so nested values come out exactly as the
+    archive has them (no invented or dropped keys); the parser only checks it.
     """
     line = s.str.replace_all(r"[\r\n]", " ").str.strip_chars()
     # What cannot start a JSON value needs no parser to be rejected (e.g. '').
@@ -171,16 +179,22 @@ def valid_json(s: pl.Series) -> pl.Series:
     if not plausible.any():
         return line
     idx = plausible.arg_true()
-    ok = _validate_lines(line.gather(idx))
-    return line.scatter(idx.filter(~ok), None) if not ok.all() else line
+    ok, _ = _parse_json(line.gather(idx), None)
+    return line if ok.all() else line.scatter(idx.filter(~ok), None)
 
 
-_PARSE = pa_json.ParseOptions(explicit_schema=pa.schema([]), unexpected_field_behavior="ignore")
 _BLOCK_LINES = 2048
 
 
-def _validate_lines(values: pl.Series) -> pl.Series:
-    """True for each value that is one well-formed JSON document."""
+def _parse_json(values: pl.Series, value_type: pa.DataType | None) -> tuple[pl.Series, pa.Table | None]:
+    """Parse each value (one-line JSON text) with pyarrow's JSON reader (RapidJSON).
+
+    Values go through as ``{"v": <text>}`` lines, a block of lines per call. A
+    parse error names its row: that row is marked not ok and parsing resumes
+    after it. With ``value_type``, also returns column ``v`` of the ok rows, in
+    order (a value whose shape does not fit the type is not ok); without it the
+    parse only validates. Returns (ok mask, parsed rows or None).
+    """
     wrapped = values.to_frame("v").select(pl.lit('{"v":') + pl.col("v") + pl.lit("}\n")).to_series()
     arr = wrapped.to_arrow()
     if isinstance(arr, pa.ChunkedArray):
@@ -188,62 +202,62 @@ def _validate_lines(values: pl.Series) -> pl.Series:
     arr = arr.cast(pa.large_string())
     data = arr.buffers()[2]
     offsets = memoryview(arr.buffers()[1]).cast("q")[arr.offset : arr.offset + len(arr) + 1]
-    ok: list[bool] = []
+    schema = pa.schema([] if value_type is None else [("v", value_type)])
+    options = pa_json.ParseOptions(explicit_schema=schema, unexpected_field_behavior="ignore")
+
+    def read(first: int, last: int) -> pa.Table:
+        chunk = data.slice(offsets[first], offsets[last] - offsets[first])
+        opts = pa_json.ReadOptions(use_threads=False, block_size=chunk.size + 1)
+        return pa_json.read_json(pa.BufferReader(chunk), read_options=opts, parse_options=options)
+
+    ok = [True] * len(arr)
+    tables: list[pa.Table] = []
     for first in range(0, len(arr), _BLOCK_LINES):
         last = min(first + _BLOCK_LINES, len(arr))
-        ok += _validate_block(data, offsets, first, last, values)
-    return pl.Series(ok, dtype=pl.Boolean)
+        row = first
+        while row < last:
+            try:
+                table = read(row, last)
+            except pa.ArrowInvalid as e:
+                m = _ROW_IN_ERROR.search(str(e))
+                if not m:  # cannot tell which row: decide one value at a time
+                    for i in range(row, last):
+                        ok[i] = _is_json(values[i]) if value_type is None else False
+                    break
+                bad = row + int(m.group(1))
+                ok[bad] = False
+                if value_type is not None and bad > row:
+                    tables.append(read(row, bad))
+                row = bad + 1
+                continue
+            if table.num_rows != last - row:  # a value smuggled in a second document
+                for i in range(row, last):
+                    ok[i] = _is_json(values[i])
+                if value_type is not None:
+                    raise AssertionError("parsed values must be validated first")
+            elif value_type is not None:
+                tables.append(table)
+            break
+    parsed = None if value_type is None else pa.concat_tables(tables) if tables else None
+    return pl.Series(ok, dtype=pl.Boolean), parsed
 
 
-def _validate_block(data: pa.Buffer, offsets: memoryview, first: int, last: int, values: pl.Series) -> list[bool]:
-    ok = [True] * (last - first)
-    row = first
-    for _ in range(_MAX_RESTARTS):
-        chunk = data.slice(offsets[row], offsets[last] - offsets[row])
-        try:
-            parsed = pa_json.read_json(
-                pa.BufferReader(chunk),
-                read_options=pa_json.ReadOptions(use_threads=False, block_size=chunk.size + 1),
-                parse_options=_PARSE,
-            ).num_rows
-        except pa.ArrowInvalid as e:
-            m = _ROW_IN_ERROR.search(str(e))
-            if not m:
-                break
-            bad = row + int(m.group(1))
-            ok[bad - first] = False
-            row = bad + 1
-            if row >= last:
-                return ok
-            continue
-        if parsed == last - row:
-            return ok
-        break  # a value smuggled in a second document: let the strict parser decide
-    return ok[: row - first] + _validate_each(values.slice(row, last - row))
-
-
-def _validate_each(values: pl.Series) -> list[bool]:
-    """Slow path, one value at a time: many bad values in a block, or an ambiguous parse."""
-    ok = []
-    for v in values.to_list():
-        try:
-            json.loads(v)
-            ok.append(True)
-        except ValueError:
-            ok.append(False)
-    return ok
+def _is_json(text: str) -> bool:
+    try:
+        json.loads(text)
+        return True
+    except ValueError:
+        return False
 
 
 # --- rejects -----------------------------------------------------------------------
 
 
-def _rejects(rtype: RecordType, df: pl.DataFrame) -> pa.RecordBatch:
+def _rejects(plan: _Plan, rtype: RecordType, df: pl.DataFrame) -> pa.RecordBatch:
     """Rejects in row order, then column order, so the file does not depend on batching."""
     df = df.with_row_index("_row")
     parts = []
-    for i, col in enumerate(rtype.columns):
-        if col.kind == "text":
-            continue
+    for i, col in enumerate(plan.converted):
         bad = df.filter(_rejected(col))
         if bad.height:
             parts.append(
@@ -264,7 +278,7 @@ def _rejects(rtype: RecordType, df: pl.DataFrame) -> pa.RecordBatch:
 
 def rejects(rtype: RecordType, typed_batch: pa.RecordBatch) -> pa.RecordBatch:
     """One row per cell that could not be converted: its row key, column, stored value, reason."""
-    return _rejects(rtype, _frame(typed_batch))
+    return _rejects(_plan(rtype), rtype, _frame(typed_batch))
 
 
 # --- CSV ------------------------------------------------------------------------------
@@ -302,27 +316,36 @@ def _media_files() -> pl.Expr:
 
 
 def _media_files_of(embeds: pl.Series) -> pl.Series:
-    try:
-        decoded = embeds.str.json_decode(_MEDIA_DTYPE)
-    except pl.exceptions.PolarsError:
-        # An embed of unexpected shape: this batch takes the slow path.
-        return pl.Series([";".join(media_hashes(_loads(e))) for e in embeds], dtype=pl.String)
-    e = decoded.to_frame("e").select(
-        pl.concat_list(
-            pl.col("e").struct.field("images").list.eval(pl.element().struct.field("fullsize")).fill_null([]),
-            pl.col("e")
-            .struct.field("media")
-            .struct.field("images")
-            .list.eval(pl.element().struct.field("fullsize"))
-            .fill_null([]),
-            pl.concat_list(pl.col("e").struct.field("external").struct.field("thumb")).fill_null([]),
-        )
-        .list.drop_nulls()
-        .list.eval(pl.element().str.extract(r"([^/]*)$").str.replace(r"@[^@/]*$", ""))
-        .list.join(";")
-        .fill_null("")
-    )
-    return e.to_series()
+    """MediaFiles for each (validated) embed; null embed → empty."""
+    out = pl.Series("MediaFiles", [""] * len(embeds), pl.String)
+    present = embeds.is_not_null()
+    if not present.any():
+        return out
+    idx = present.arg_true()
+    ok, parsed = _parse_json(embeds.gather(idx), _MEDIA_TYPE)
+    if parsed is not None and parsed.num_rows:
+        e = pl.from_arrow(parsed.column("v").combine_chunks()).to_frame("e")
+        fast = e.select(
+            pl.concat_list(
+                pl.col("e").struct.field("images").list.eval(pl.element().struct.field("fullsize")).fill_null([]),
+                pl.col("e")
+                .struct.field("media")
+                .struct.field("images")
+                .list.eval(pl.element().struct.field("fullsize"))
+                .fill_null([]),
+                pl.concat_list(pl.col("e").struct.field("external").struct.field("thumb")).fill_null([]),
+            )
+            .list.drop_nulls()
+            .list.eval(pl.element().str.extract(r"([^/]*)$").str.replace(r"@[^@/]*$", ""))
+            .list.join(";")
+            .fill_null("")
+        ).to_series()
+        out = out.scatter(idx.filter(ok), fast)
+    # Embeds whose shape does not fit the expected view (rare): one at a time.
+    odd = idx.filter(~ok)
+    if len(odd):
+        out = out.scatter(odd, [";".join(media_hashes(_loads(e))) for e in embeds.gather(odd).to_list()])
+    return out
 
 
 def _loads(text: str | None) -> object:

@@ -156,3 +156,31 @@ def test_empty_result_is_valid(fixture_archive, tmp_path):
     assert (out / "posts.ndjson").read_bytes() == b""
     rows = read_csv(out / "posts.csv")
     assert rows == [expected_posts(str(fixture_archive)).csv_rows[0]]
+
+
+CSV_CONVERTED = {"created_at", "indexed_at", "has_media", "like_count", "repost_count", "reply_count", "quote_count"}
+CSV_CONVERTED |= {"is_reply", "embed_data"}
+
+
+def test_csv_only_reports_rejects_of_what_it_writes(fixture_archive, tmp_path):
+    """A CSV-only export writes no labels or archived_at, so it reports no rejects there."""
+    import sqlite3
+
+    db = tmp_path / "archive.db"
+    db.write_bytes(fixture_archive.read_bytes())
+    con = sqlite3.connect(db)
+    con.execute("UPDATE posts SET labels = '[{\"val\": ' WHERE rowid % 97 = 0")
+    con.execute("UPDATE posts SET archived_at = 'yesterday' WHERE rowid % 89 = 0")
+    con.commit()
+    con.close()
+    out = tmp_path / "csv"
+    pipeline.export(db, out, formats=["csv"])
+    rows = read_csv(out / "posts.csv")
+    exp = expected_posts(str(db))
+    assert rows == exp.csv_rows
+    got = [json.loads(x) for x in (out / "rejects.ndjson").read_text().splitlines()]
+    want = [r for r in exp.rejects if r["column"] in CSV_CONVERTED]
+    assert sorted((r["key"], r["column"], r["value"]) for r in got) == sorted(
+        (r["key"], r["column"], r["value"]) for r in want
+    )
+    assert {r["column"] for r in exp.rejects} - CSV_CONVERTED, "the fixture should have rejects CSV does not write"
