@@ -10,11 +10,10 @@ from __future__ import annotations
 import contextlib
 import os
 import queue
-import re
 import threading
 from collections.abc import Generator, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime, time, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TypeVar
 
@@ -45,30 +44,6 @@ class ExportResult:
     files: list[FileResult]
     rejects: int
     manifest: dict[str, object] = field(repr=False)
-
-
-def parse_bound(value: str | datetime | None, *, end_of_day: bool, option: str) -> int | None:
-    """A --since/--until value as µs since the epoch; a bare date --until means the day's end (UTC)."""
-    if value is None:
-        return None
-    if isinstance(value, datetime):
-        dt = value
-    else:
-        text = value.strip()
-        try:
-            if re.fullmatch(r"\d{4}-\d{2}-\d{2}", text):
-                day = datetime.fromisoformat(text).date()
-                dt = datetime.combine(day, time.max if end_of_day else time.min)
-            else:
-                dt = datetime.fromisoformat(text.replace(" ", "T", 1))
-        except ValueError:
-            raise UsageError(
-                f"{option}: cannot read {value!r} as a date (use YYYY-MM-DD or an ISO 8601 date-time)"
-            ) from None
-    if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=UTC)
-    delta = dt - datetime(1970, 1, 1, tzinfo=UTC)
-    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
 
 
 def _iso(micros: int | None) -> str | None:
@@ -106,11 +81,8 @@ def export(
         raise UsageError(f"unknown format(s): {', '.join(unknown) or '(none)'}; choose from {', '.join(FORMATS)}")
     if batch_size < 1:
         raise UsageError(f"--batch-size must be at least 1, not {batch_size}")
-    lo = parse_bound(since, end_of_day=False, option="--since")
-    hi = parse_bound(until, end_of_day=True, option="--until")
-    if lo is not None and hi is not None and lo > hi:
-        raise UsageError(f"--since ({since}) is after --until ({until})")
-    filters = Filters(did=did, since=lo, until=hi)
+    filters = Filters.parse(did=did, since=since, until=until)
+    lo, hi = filters.since, filters.until
     progress = progress or Progress()
     archive_path = Path(archive)
     out_path = Path(out) if out is not None else default_out(archive_path)
@@ -187,7 +159,7 @@ def _write_all(
             progress.advance(batch.num_rows)
         for fmt in formats:  # an export with no rows still has its files
             if fmt not in sinks:
-                sinks[fmt] = _open_sink(folder, rtype, fmt, _empty_schema(rtype, fmt))
+                sinks[fmt] = _open_sink(folder, rtype, fmt, transforms.csv_schema(rtype))
         if source.unplaced.keys:
             reject_sink = reject_sink or NdjsonSink(folder, "rejects.ndjson")
             reject_sink.write(_reject_lines(_unplaced_rejects(rtype, source)))
@@ -215,14 +187,6 @@ def _open_sink(folder: Path, rtype: RecordType, fmt: str, schema: pa.Schema) -> 
     if fmt == "csv":
         return SINKS[fmt](folder, _file_name(rtype, fmt), schema)
     return SINKS[fmt](folder, _file_name(rtype, fmt))
-
-
-def _empty_schema(rtype: RecordType, fmt: str) -> pa.Schema:
-    empty = pa.RecordBatch.from_pylist([], pa.schema([(c, pa.string()) for c in rtype.column_names]))
-    out = transforms.transform(rtype, empty, frozenset([fmt]))
-    data = out.csv if fmt == "csv" else out.json
-    assert data is not None
-    return data.schema
 
 
 def _reject_lines(bad: pa.RecordBatch) -> pa.RecordBatch:

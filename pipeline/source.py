@@ -21,10 +21,12 @@ A table that fits in one bucket is sorted in memory without spilling.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, time
 from pathlib import Path
 
 import adbc_driver_manager as adbc
@@ -34,7 +36,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.ipc as ipc
 
-from .errors import ArchiveError, ExportError
+from .errors import ArchiveError, ExportError, UsageError
 from .records import RecordType
 from .timestamps import parse_instants
 
@@ -54,6 +56,41 @@ class Filters:
     did: str | None = None
     since: int | None = None
     until: int | None = None
+
+    @classmethod
+    def parse(
+        cls, did: str | None = None, since: str | datetime | None = None, until: str | datetime | None = None
+    ) -> Filters:
+        """Filters from user input: dates or ISO 8601 date-times; a bare-date ``until`` means that day's end (UTC)."""
+        lo = parse_bound(since, end_of_day=False, option="--since")
+        hi = parse_bound(until, end_of_day=True, option="--until")
+        if lo is not None and hi is not None and lo > hi:
+            raise UsageError(f"--since ({since}) is after --until ({until})")
+        return cls(did=did, since=lo, until=hi)
+
+
+def parse_bound(value: str | datetime | None, *, end_of_day: bool, option: str) -> int | None:
+    """A --since/--until value as µs since the epoch; a bare date --until means the day's end (UTC)."""
+    if value is None:
+        return None
+    if isinstance(value, datetime):
+        dt = value
+    else:
+        text = value.strip()
+        try:
+            if re.fullmatch(r"\d{4}-\d{2}-\d{2}", text):
+                day = datetime.fromisoformat(text).date()
+                dt = datetime.combine(day, time.max if end_of_day else time.min)
+            else:
+                dt = datetime.fromisoformat(text.replace(" ", "T", 1))
+        except ValueError:
+            raise UsageError(
+                f"{option}: cannot read {value!r} as a date (use YYYY-MM-DD or an ISO 8601 date-time)"
+            ) from None
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=UTC)
+    delta = dt - datetime(1970, 1, 1, tzinfo=UTC)
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
 
 
 @dataclass

@@ -304,6 +304,13 @@ def _csv_value(col: Column, null_as: int | str | None) -> pl.Expr:
     return out
 
 
+@functools.cache
+def csv_schema(rtype: RecordType) -> pa.Schema:
+    """The Arrow schema of ``csv_batch`` output (what a CsvSink needs before the first batch)."""
+    empty = pa.RecordBatch.from_pylist([], pa.schema([(c, pa.string()) for c in rtype.column_names]))
+    return csv_batch(rtype, typed(rtype, empty)).schema
+
+
 def csv_batch(rtype: RecordType, typed_batch: pa.RecordBatch) -> pa.RecordBatch:
     """The CSV columns of ``rtype`` (headers as names): text, integers and booleans."""
     return to_batch(_frame(typed_batch).select(_plan(rtype).csv))
