@@ -2,7 +2,18 @@
 
 from __future__ import annotations
 
-import signal
+import os
+
+# Arrow's default pool here is mimalloc, which reserves memory in large mapped
+# arenas (1 GiB on first use) that memory profilers count as allocated. The
+# system allocator gives memory back promptly. Must be set before pyarrow loads.
+os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "system")
+# Polars' jemalloc keeps freed extents mapped (retain) and purges lazily; a
+# service profiling with memray would see that as held. Unmap them instead:
+# measured on 1M posts, memray's peak 471 MiB → 216 MiB.
+os.environ.setdefault("_RJEM_MALLOC_CONF", "retain:false,dirty_decay_ms:0,muzzy_decay_ms:0")
+
+import signal  # noqa: E402
 import sys
 import time
 from enum import StrEnum
@@ -68,11 +79,6 @@ def export_command(
 
         pipeline run export archive.db --out exports/mine --format csv --format ndjson --since 2024-01-01
     """
-    import pyarrow as pa
-
-    # Arrow's default mimalloc pool keeps large reservations that memory
-    # profilers count as used; the system allocator returns memory promptly.
-    pa.set_memory_pool(pa.system_memory_pool())
     from pipeline import PipelineError, export
     from pipeline.progress import for_terminal
 

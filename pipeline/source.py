@@ -45,7 +45,7 @@ _SQLITE_MAGIC = b"SQLite format 3\x00"
 _UNPLACED = 2**63 - 1
 _KEY_PAGE_ROWS = 65_536
 _ROW_PAGE_ROWS = 16_384
-BUCKET_BYTES = 64 * 2**20
+BUCKET_BYTES = 32 * 2**20
 _MAX_BUCKETS = 512
 
 
@@ -342,20 +342,29 @@ class RecordSource:
         for bucket in sorted(writers):
             path = self._spill / f"{bucket}.arrow"
             with ipc.open_stream(str(path)) as reader:
-                table = reader.read_all()
+                table = self._sort(reader.read_all())
             path.unlink()
-            yield self._sort(table)
+            yield table
+            del table
 
     def __iter__(self) -> Iterator[pa.RecordBatch]:
         n = self.batch_size
-        carry: pa.Table | None = None
+        carry: pa.Table | None = None  # the last, short batch of the previous bucket
         for bucket in self._sorted_buckets():
-            if carry is not None and carry.num_rows:
-                bucket = pa.concat_tables([carry, bucket]).combine_chunks()
-            full = bucket.num_rows - bucket.num_rows % n
-            for start in range(0, full, n):
-                yield self._batch(bucket.slice(start, n))
-            carry = bucket.slice(full)
+            start = 0
+            if carry is not None:
+                start = min(n - carry.num_rows, bucket.num_rows)
+                carry = pa.concat_tables([carry, bucket.slice(0, start)]).combine_chunks()
+                if carry.num_rows < n:
+                    continue
+                yield self._batch(carry)
+                carry = None
+            full = start + (bucket.num_rows - start) // n * n
+            for first in range(start, full, n):
+                yield self._batch(bucket.slice(first, n))
+            if full < bucket.num_rows:
+                carry = bucket.slice(full)
+            del bucket  # release the bucket before the next is read
         if carry is not None and carry.num_rows:
             yield self._batch(carry.combine_chunks())
 
