@@ -18,6 +18,9 @@ class Progress:
 
     def advance(self, n: int) -> None: ...
 
+    def set_total(self, total: int) -> None:
+        """The exact total, once known (the first one may be SQLite's estimate)."""
+
     def stop(self) -> None: ...
 
 
@@ -42,6 +45,9 @@ class PlainProgress(Progress):
 
     def advance(self, n: int) -> None:
         self._done += n
+
+    def set_total(self, total: int) -> None:
+        self._total = total
 
     def _run(self) -> None:
         while not self._stop.wait(self._interval):
@@ -98,6 +104,10 @@ class RichProgress(Progress):
         task = self._bar.tasks[0]
         rate = (task.completed + n) / max(time.monotonic() - self._t0, 1e-9)
         self._bar.update(self._task, advance=n, rate=f"{rate:,.0f} rec/s")
+
+    def set_total(self, total: int) -> None:
+        assert self._task is not None
+        self._bar.update(self._task, total=total)
 
     def stop(self) -> None:
         self._bar.stop()

@@ -11,7 +11,7 @@ import contextlib
 import os
 import queue
 import threading
-from collections.abc import Generator, Iterable, Iterator, Sequence
+from collections.abc import Generator, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -26,12 +26,13 @@ from .progress import Progress
 from .publish import TOOL, Staging
 from .records import POSTS, RecordType
 from .sinks import SINKS, FileResult, NdjsonSink, Sink
-from .source import Archive, Filters, RecordSource, key_range
+from .sort import NINST
+from .source import Archive, Filters, RecordSource, key_range, range_metadata
 
 FORMATS = tuple(SINKS)
 DEFAULT_FORMATS = ("csv", "json")
-_PREFETCH = 4
-TRANSFORM_ROWS = 16_384
+_PREFETCH = 2
+WRITE_ROWS = 16_384
 T = TypeVar("T")
 
 
@@ -125,41 +126,38 @@ def _write_all(
     batch_size: int,
     progress: Progress,
 ) -> tuple[list[FileResult], dict[str, int], int]:
+    """Convert while reading, sort what was converted, then write it in export order.
+
+    The archive is read in table order by a reader thread while this thread
+    converts each page (the conversion is row by row, so its place in the
+    order does not matter); the converted rows go to an external sort by
+    (instant, key) and come back bucket by bucket for the sinks.
+    """
     source = db.read(rtype, filters, batch_size, spill_dir=folder)
+    wanted = frozenset(formats)
     sinks: dict[str, Sink] = {}
     reject_sink: NdjsonSink | None = None
-    results: list[FileResult] = []
     rejects = 0
-    wanted = frozenset(formats)
     progress.start(rtype.name, source.total)
-    batches = prefetch(source, _PREFETCH)
+    pages = prefetch(source.pages(), _PREFETCH)
     try:
-        for batch in _units(batches, max(batch_size, TRANSFORM_ROWS)):
-            try:
-                out = transforms.transform(rtype, batch, wanted)
-                for fmt in formats:
-                    data = out.csv if fmt == "csv" else out.json
-                    assert data is not None
-                    if fmt not in sinks:
-                        sinks[fmt] = _open_sink(folder, rtype, fmt, data.schema)
-                    sinks[fmt].write(data)
-                if out.rejects.num_rows:
-                    reject_sink = reject_sink or NdjsonSink(folder, "rejects.ndjson")
-                    reject_sink.write(_reject_lines(out.rejects))
-                    rejects += out.rejects.num_rows
-            except PipelineError:
-                raise
-            except Exception as e:
-                span = key_range(batch)
-                if isinstance(e, OSError):
-                    raise ExportError(
-                        f"writing the export failed: {e.strerror or e}", record_type=rtype.name, key_range=span
-                    ) from None
-                raise ExportError(f"converting a batch failed: {e}", record_type=rtype.name, key_range=span) from e
-            progress.advance(batch.num_rows)
-        for fmt in formats:  # an export with no rows still has its files
-            if fmt not in sinks:
-                sinks[fmt] = _open_sink(folder, rtype, fmt, transforms.csv_schema(rtype))
+        with source.sorter([NINST, KEY]) as rows, source.sorter([NINST, KEY, "_col"]) as bad:
+            for page in pages:
+                rows_out, bad_out = _convert(rtype, page, wanted)
+                rows.add(rows_out)
+                bad.add(bad_out)
+                progress.advance(page.num_rows)
+            pages.close()
+            progress.set_total(source.total)
+            for fmt in formats:
+                sinks[fmt] = _open_sink(folder, rtype, fmt)
+            for table in rows.sorted():
+                for chunk in table.to_batches(max_chunksize=WRITE_ROWS):
+                    _write(sinks, formats, chunk, rtype)
+            for table in bad.sorted():
+                reject_sink = reject_sink or NdjsonSink(folder, "rejects.ndjson")
+                reject_sink.write(_reject_lines(table.select(transforms.REJECT_SCHEMA.names)))
+                rejects += table.num_rows
         if source.unplaced.keys:
             reject_sink = reject_sink or NdjsonSink(folder, "rejects.ndjson")
             reject_sink.write(_reject_lines(_unplaced_rejects(rtype, source)))
@@ -174,18 +172,67 @@ def _write_all(
                 s.abort()
         raise
     finally:
-        batches.close()  # stops the reader thread before its connection closes
+        pages.close()  # stops the reader thread before its connection closes
         progress.stop()
         source.close()
+
+
+KEY = "_key"
+CSV_PREFIX = "csv:"
+
+
+def _convert(rtype: RecordType, page: pa.Table, formats: frozenset[str]) -> tuple[pa.Table, pa.Table]:
+    """One page converted: (sort keys + CSV columns + JSON text, rejects + sort keys)."""
+    try:
+        out = transforms.transform(rtype, page.drop_columns([NINST]), formats)
+    except PipelineError:
+        raise
+    except Exception as e:
+        raise ExportError(
+            f"converting rows failed: {e}", record_type=rtype.name, key_range=_page_range(rtype, page)
+        ) from e
+    ninst = page.column(NINST)
+    cols, names = [ninst, page.column(rtype.key)], [NINST, KEY]
+    if out.csv is not None:
+        cols += out.csv.columns
+        names += [CSV_PREFIX + n for n in out.csv.schema.names]
+    if out.json is not None:
+        cols.append(out.json.column(0))
+        names.append("json")
+    converted = pa.Table.from_arrays(cols, names=names)
+    bad = pa.Table.from_batches([out.rejects])
+    bad = bad.append_column(NINST, ninst.take(bad.column("_row"))).append_column(KEY, bad.column("key"))
+    return converted, bad
+
+
+def _page_range(rtype: RecordType, page: pa.Table) -> str:
+    keys = page.column(rtype.key)
+    return f"rows {keys[0].as_py()} … {keys[-1].as_py()} in table order" if page.num_rows else "empty page"
+
+
+def _write(sinks: dict[str, Sink], formats: Sequence[str], chunk: pa.RecordBatch, rtype: RecordType) -> None:
+    try:
+        for fmt in formats:
+            if fmt == "csv":
+                names = [n for n in chunk.schema.names if n.startswith(CSV_PREFIX)]
+                part = chunk.select(names).rename_columns([n[len(CSV_PREFIX) :] for n in names])
+            else:
+                part = chunk.select(["json"])
+            sinks[fmt].write(part)
+    except OSError as e:
+        span = key_range(chunk.replace_schema_metadata(range_metadata(chunk, KEY)))
+        raise ExportError(
+            f"writing the export failed: {e.strerror or e}", record_type=rtype.name, key_range=span
+        ) from None
 
 
 def _file_name(rtype: RecordType, fmt: str) -> str:
     return f"{rtype.name}.{fmt}"
 
 
-def _open_sink(folder: Path, rtype: RecordType, fmt: str, schema: pa.Schema) -> Sink:
+def _open_sink(folder: Path, rtype: RecordType, fmt: str) -> Sink:
     if fmt == "csv":
-        return SINKS[fmt](folder, _file_name(rtype, fmt), schema)
+        return SINKS[fmt](folder, _file_name(rtype, fmt), transforms.csv_schema(rtype))
     return SINKS[fmt](folder, _file_name(rtype, fmt))
 
 
@@ -207,35 +254,6 @@ def _unplaced_rejects(rtype: RecordType, source: RecordSource) -> pa.RecordBatch
         },
         schema=transforms.REJECT_SCHEMA,
     )
-
-
-def _units(batches: Iterable[pa.RecordBatch], rows: int) -> Iterator[pa.RecordBatch]:
-    """Consecutive source batches joined into units of at least ``rows`` rows.
-
-    Polars has a fixed cost per call that dominates on small batches (measured:
-    25 µs/row at 1,000 rows against 10 µs/row at 16,384), so the transforms see
-    these units; the bytes written do not depend on where units are cut.
-    """
-    pending: list[pa.RecordBatch] = []
-    count = 0
-    for batch in batches:
-        pending.append(batch)
-        count += batch.num_rows
-        if count >= rows:
-            yield _join(pending)
-            pending, count = [], 0
-    if pending:
-        yield _join(pending)
-
-
-def _join(batches: list[pa.RecordBatch]) -> pa.RecordBatch:
-    if len(batches) == 1:
-        return batches[0]
-    first, last = batches[0].schema.metadata or {}, batches[-1].schema.metadata or {}
-    meta = {k: v for k, v in first.items() if k.startswith(b"first_")}
-    meta |= {k: v for k, v in last.items() if k.startswith(b"last_")}
-    table = pa.Table.from_batches([b.replace_schema_metadata(None) for b in batches])
-    return table.combine_chunks().to_batches(max_chunksize=None)[0].replace_schema_metadata(meta)
 
 
 def prefetch(items: Iterable[T], depth: int) -> Generator[T, None, None]:

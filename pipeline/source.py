@@ -4,26 +4,24 @@ Export order is by instant (newest first), then key. SQLite cannot index an
 instant spelled in several ways, so ordering by an expression re-sorts the
 table for every page (quadratic), and following a sorted key list instead
 costs a random page read per row (measured: 3× slower than reading in table
-order). So the table is read twice, sequentially, in keyset pages over
-``rowid`` (never OFFSET; each page is its own statement, so the driver's
-first-batch type inference cannot fail on a later page):
+order). So:
 
-1. a key pass reads only ``(time, size)``, parses each time once (vectorised),
-   and cuts the instant range into buckets of about ``bucket_bytes`` each;
-2. the row pass routes every row to its bucket, spilled as Arrow IPC to a
-   temporary folder; then each bucket in turn is read back, sorted by
-   ``(instant desc, key asc)`` and yielded in batches.
+1. a key pass asks SQLite for the number of rows per second of the time
+   column (answered from its index) to plan the buckets of an external sort;
+2. the rows are read in table order, in keyset pages over ``rowid`` (never
+   OFFSET; each page is its own statement, so the driver's first-batch type
+   inference cannot fail on a later page), each row's instant parsed exactly;
+3. ``sort.BucketSorter`` puts the rows in export order with bounded memory.
 
-Work is O(n log n), disk I/O sequential, and memory bounded by one bucket.
-A table that fits in one bucket is sorted in memory without spilling.
+``RecordSource`` does all three for a library user. The runner uses ``pages``
+and ``sorter`` itself, so that it converts rows while the archive is read
+and sorts what it will write.
 """
 
 from __future__ import annotations
 
 import os
 import re
-import shutil
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, time
@@ -33,20 +31,16 @@ import adbc_driver_manager as adbc
 import adbc_driver_sqlite
 import polars as pl
 import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.ipc as ipc
 
 from .errors import ArchiveError, ExportError, UsageError
 from .records import RecordType
+from .sort import NINST, UNPLACED, BucketSorter, Plan
 from .timestamps import parse_instants
 
 _SQLITE_MAGIC = b"SQLite format 3\x00"
-# Sorts after every real instant: rows whose time does not parse come last.
-_UNPLACED = 2**63 - 1
-_KEY_PAGE_ROWS = 65_536
-_ROW_PAGE_ROWS = 16_384
+PLAN_ROWS = 65_536
+PAGE_ROWS = 16_384
 BUCKET_BYTES = 32 * 2**20
-_MAX_BUCKETS = 512
 
 
 @dataclass(frozen=True)
@@ -190,8 +184,10 @@ class Archive:
 class RecordSource:
     """Iterable of ``pa.RecordBatch`` in export order, one fixed schema (every column a string).
 
-    The key pass runs on construction, so ``total`` (the number of rows that
-    will be yielded) is known before the first batch.
+    A key pass runs on construction: one SQL aggregate over the time column
+    (SQLite answers it from the ``created_at`` index) counts rows per second to
+    plan the sort's buckets and give ``total``. The count is by SQLite's reading
+    of each timestamp; once the rows have been read, ``total`` is exact.
     """
 
     def __init__(
@@ -210,14 +206,14 @@ class RecordSource:
         self.batch_size = batch_size
         self.schema = pa.schema([(c, pa.string()) for c in rtype.column_names])
         self.unplaced = Unplaced()
-        self._spill_parent = spill_dir
-        self._spill: Path | None = None
+        self.spill_dir = spill_dir
+        self._archive_bytes = archive.path.stat().st_size
         self._conn = adbc.AdbcConnection(archive._db)
         self._closed = False
         try:
             # One read transaction for both passes: they see the same rows.
             self._conn.set_autocommit(False)
-            self.total, self._bounds = self._plan(bucket_bytes)
+            self.total, self.plan = self._plan(bucket_bytes)
         except adbc.Error as e:
             self.close()
             raise ExportError(f"reading the archive failed: {_adbc_message(e)}", record_type=rtype.name) from None
@@ -226,160 +222,144 @@ class RecordSource:
         if not self._closed:
             self._closed = True
             self._conn.close()
-        if self._spill is not None:
-            shutil.rmtree(self._spill, ignore_errors=True)
-            self._spill = None
 
     # -- reading -----------------------------------------------------------------
 
-    def _pages(self, columns: str, schema: pa.Schema, rows: int) -> Iterator[pa.Table]:
-        """Keyset pages over rowid of the filtered table: ``_rid`` plus ``columns``, cast to ``schema``."""
-        r = self.rtype
-        where = " AND p.did = ?" if self.filters.did is not None else ""
+    def _query_table(self, sql: str, params: list[pa.Array], rows: int | None, where: str) -> pa.Table:
+        try:
+            batch = pa.record_batch(params, names=[f"p{i}" for i in range(len(params))]) if params else None
+            return _query(self._conn, sql, batch, rows).read_all()
+        except adbc.Error as e:
+            raise ExportError(
+                f"reading the archive failed: {_adbc_message(e)}", record_type=self.rtype.name, key_range=where
+            ) from None
+
+    def _plan(self, bucket_bytes: int) -> tuple[int, Plan]:
+        """Rows per second of ``time`` (as SQLite reads it), cut into buckets of ~bucket_bytes."""
+        r, f = self.rtype, self.filters
+        t = f"CASE WHEN typeof(p.{_quote(r.time)}) = 'text' THEN p.{_quote(r.time)} END"
+        where, params = "", []
+        if f.did is not None:
+            where, params = " WHERE p.did = ?", [pa.array([f.did], pa.string())]
         sql = (
-            f"SELECT p.rowid AS _rid, {columns} FROM main.{_quote(r.table)} AS p"
-            f" WHERE p.rowid > ?{where} ORDER BY p.rowid LIMIT {rows}"
+            f"SELECT -unixepoch({t}) AS k, count(*) AS n FROM main.{_quote(r.table)} AS p{where} GROUP BY k ORDER BY k"
         )
-        full = pa.schema([("_rid", pa.int64()), *schema])
-        after = -(2**63)
+        counts = _frame(self._query_table(sql, params, PLAN_ROWS, "planning"))
+        counts = counts.cast({"k": pl.Int64, "n": pl.Int64})
+        if f.since is not None or f.until is not None:
+            lo = -(f.until // 1_000_000) if f.until is not None else None
+            hi = -(f.since // 1_000_000) if f.since is not None else None
+            k = pl.col("k")
+            counts = counts.filter(
+                k.is_not_null() & (k >= lo if lo is not None else True) & (k <= hi if hi is not None else True)
+            )
+        counts = counts.filter(pl.col("k").is_not_null()).vstack(counts.filter(pl.col("k").is_null()))
+        all_rows = self._query_table(f"SELECT count(*) FROM main.{_quote(r.table)}", [], None, "planning")
+        avg_bytes = max(64, self._archive_bytes // max(1, all_rows.column(0)[0].as_py()))
+        placed = counts.filter(pl.col("k").is_not_null())
+        plan = Plan.from_counts(placed.get_column("k"), placed.get_column("n"), max(1, bucket_bytes // avg_bytes))
+        return int(counts.get_column("n").sum()), plan
+
+    def pages(self) -> Iterator[pa.Table]:
+        """The filtered rows in table order, in pages of at least ``PAGE_ROWS``, with ``_ninst``.
+
+        Keyset pages over ``rowid`` (never OFFSET); each page is its own
+        statement, cast to the fixed schema, so the driver's type inference
+        never sees more than one page. When the pages are exhausted, ``total``
+        is the exact number of rows they held.
+        """
+        r, f = self.rtype, self.filters
+        rows = max(self.batch_size, PAGE_ROWS)
+        cols = ", ".join(_as_text(c) for c in r.column_names)
+        did = " AND p.did = ?" if f.did is not None else ""
+        sql = (
+            f"SELECT p.rowid AS _rid, {cols} FROM main.{_quote(r.table)} AS p"
+            f" WHERE p.rowid > ?{did} ORDER BY p.rowid LIMIT {rows}"
+        )
+        schema = pa.schema([("_rid", pa.int64()), *self.schema])
+        timed = f.since is not None or f.until is not None
+        after, seen = -(2**63), 0
         while True:
             params = [pa.array([after], pa.int64())]
-            if self.filters.did is not None:
-                params.append(pa.array([self.filters.did], pa.string()))
-            try:
-                page = _query(
-                    self._conn, sql, pa.record_batch(params, names=[f"p{i}" for i in range(len(params))]), rows
-                )
-                table = page.read_all()
-            except adbc.Error as e:
-                raise ExportError(
-                    f"reading the archive failed: {_adbc_message(e)}",
-                    record_type=r.name,
-                    key_range=f"rowid after {after}",
-                ) from None
-            if table.num_rows == 0:
-                return
-            yield table.cast(full)
-            after = table.column("_rid")[-1].as_py()
-            if table.num_rows < rows:
-                return
-
-    def _instants(self, times: pl.Series) -> tuple[pl.Series, pl.Series]:
-        """(-instant with unplaceable rows last, keep-mask after the time filters)."""
-        inst = parse_instants(times)
-        keep = inst.is_not_null()
-        if self.filters.since is not None:
-            keep &= inst >= self.filters.since
-        if self.filters.until is not None:
-            keep &= inst <= self.filters.until
-        if self.filters.since is None and self.filters.until is None:
-            keep |= inst.is_null()
-        return (-inst).fill_null(_UNPLACED).alias("_ninst"), keep
-
-    def _plan(self, bucket_bytes: int) -> tuple[int, pl.Series]:
-        """Key pass: count the rows, and cut the instant range into buckets of ~bucket_bytes."""
-        r = self.rtype
-        size = " + ".join(f"COALESCE(octet_length(p.{_quote(c)}), 0)" for c in r.column_names)
-        columns = f"{_as_text(r.key)}, {_as_text(r.time)}, {size} AS _size"
-        schema = pa.schema([(r.key, pa.string()), (r.time, pa.string()), ("_size", pa.int64())])
-        keys: list[pl.DataFrame] = []
-        for page in self._pages(columns, schema, _KEY_PAGE_ROWS):
-            df = _frame(page)
-            ninst, keep = self._instants(df.get_column(r.time))
-            dropped = ninst.eq(_UNPLACED) & ~keep
-            if dropped.any():
-                self.unplaced.keys.extend(df.get_column(r.key).filter(dropped).to_list())
-                self.unplaced.values.extend(df.get_column(r.time).filter(dropped).to_list())
-            keys.append(pl.DataFrame([ninst, df.get_column("_size") + 64]).filter(keep))
-        if not keys:
-            return 0, pl.Series("_ninst", [], pl.Int64)
-        all_keys = pl.concat(keys).group_by("_ninst").agg(pl.col("_size").sum()).sort("_ninst")
-        total_bytes = int(all_keys.get_column("_size").sum())
-        target = max(bucket_bytes, total_bytes // _MAX_BUCKETS + 1)
-        # A bucket starts where the running size crosses a multiple of target.
-        cut = (all_keys.get_column("_size").cum_sum() // target).diff().fill_null(0) > 0
-        bounds = all_keys.get_column("_ninst").filter(cut)
-        return int(sum(k.height for k in keys)), bounds
-
-    def _rows(self) -> Iterator[pa.Table]:
-        """The filtered rows in table order (pages of at least _ROW_PAGE_ROWS), with ``_ninst``."""
-        columns = ", ".join(_as_text(c) for c in self.rtype.column_names)
-        for page in self._pages(columns, self.schema, max(self.batch_size, _ROW_PAGE_ROWS)):
-            ninst, keep = self._instants(_frame(page.select([self.rtype.time])).to_series())
-            table = page.drop_columns(["_rid"]).append_column("_ninst", ninst.to_arrow())
-            yield table if keep.all() else table.filter(keep.to_arrow())
-
-    def _sort(self, table: pa.Table) -> pa.Table:
-        order = [("_ninst", "ascending"), (self.rtype.key, "ascending")]
-        return table.take(pc.sort_indices(table, sort_keys=order)).combine_chunks()
-
-    def _sorted_buckets(self) -> Iterator[pa.Table]:
-        """Each bucket's rows, sorted, in order; spilled to disk first unless there is one bucket."""
-        if len(self._bounds) == 0:
-            parts = list(self._rows())
-            if parts:
-                yield self._sort(pa.concat_tables(parts))
-            return
-        self._spill = Path(tempfile.mkdtemp(prefix=".spill-", dir=self._spill_parent))
-        writers: dict[int, ipc.RecordBatchStreamWriter] = {}
-        try:
-            for table in self._rows():
-                ids = self._bounds.search_sorted(_frame(table.select(["_ninst"])).to_series(), side="right")
-                order = ids.arg_sort()
-                grouped = table.take(order.to_arrow())
-                counts = ids.gather(order).rle()
-                start = 0
-                for bucket, n in zip(counts.struct.field("value"), counts.struct.field("len"), strict=True):
-                    w = writers.get(bucket)
-                    if w is None:
-                        path = str(self._spill / f"{bucket}.arrow")
-                        w = writers[bucket] = ipc.new_stream(path, table.schema)
-                    w.write_table(grouped.slice(start, n))
-                    start += n
-        finally:
-            for w in writers.values():
-                w.close()
-        for bucket in sorted(writers):
-            path = self._spill / f"{bucket}.arrow"
-            with ipc.open_stream(str(path)) as reader:
-                table = self._sort(reader.read_all())
-            path.unlink()
+            if f.did is not None:
+                params.append(pa.array([f.did], pa.string()))
+            page = self._query_table(sql, params, rows, f"rowid after {after}")
+            if page.num_rows == 0:
+                break
+            page = page.cast(schema)
+            after = page.column("_rid")[-1].as_py()
+            inst = parse_instants(_frame(page.select([r.time])).to_series())
+            keep = inst.is_not_null()
+            if f.since is not None:
+                keep &= inst >= f.since
+            if f.until is not None:
+                keep &= inst <= f.until
+            if timed:
+                dropped = inst.is_null()
+                if dropped.any():
+                    self.unplaced.keys.extend(pl.from_arrow(page.column(r.key)).filter(dropped).to_list())  # type: ignore[union-attr]
+                    self.unplaced.values.extend(pl.from_arrow(page.column(r.time)).filter(dropped).to_list())  # type: ignore[union-attr]
+            else:
+                keep |= inst.is_null()
+            ninst = (-inst).fill_null(UNPLACED)
+            table = page.drop_columns(["_rid"]).append_column(NINST, ninst.to_arrow())
+            if not keep.all():
+                table = table.filter(keep.to_arrow())
+            seen += table.num_rows
             yield table
-            del table
+            if page.num_rows < rows:
+                break
+        self.total = seen
+
+    def sorter(self, order: list[str] | None = None) -> BucketSorter:
+        """An external sorter with this source's plan (default order: instant, then key)."""
+        return BucketSorter(self.plan, order or [NINST, self.rtype.key], self.spill_dir)
 
     def __iter__(self) -> Iterator[pa.RecordBatch]:
         n = self.batch_size
         carry: pa.Table | None = None  # the last, short batch of the previous bucket
-        for bucket in self._sorted_buckets():
-            start = 0
-            if carry is not None:
-                start = min(n - carry.num_rows, bucket.num_rows)
-                carry = pa.concat_tables([carry, bucket.slice(0, start)]).combine_chunks()
-                if carry.num_rows < n:
-                    continue
-                yield self._batch(carry)
-                carry = None
-            full = start + (bucket.num_rows - start) // n * n
-            for first in range(start, full, n):
-                yield self._batch(bucket.slice(first, n))
-            if full < bucket.num_rows:
-                carry = bucket.slice(full)
-            del bucket  # release the bucket before the next is read
+        with self.sorter() as sorter:
+            for page in self.pages():
+                sorter.add(page)
+            for bucket in sorter.sorted():
+                start = 0
+                if carry is not None:
+                    start = min(n - carry.num_rows, bucket.num_rows)
+                    carry = pa.concat_tables([carry, bucket.slice(0, start)]).combine_chunks()
+                    if carry.num_rows < n:
+                        continue
+                    yield self._batch(carry)
+                    carry = None
+                full = start + (bucket.num_rows - start) // n * n
+                for first in range(start, full, n):
+                    yield self._batch(bucket.slice(first, n))
+                if full < bucket.num_rows:
+                    carry = bucket.slice(full)
+                del bucket  # release the bucket before the next is read
         if carry is not None and carry.num_rows:
             yield self._batch(carry.combine_chunks())
 
     def _batch(self, table: pa.Table) -> pa.RecordBatch:
         """One output batch; its key range rides along in the schema metadata for error messages."""
-        ninst = table.column("_ninst")
-        keys = table.column(self.rtype.key)
-        meta = {
-            "first_instant": str(ninst[0]),
-            "first_key": keys[0].as_py() or "",
-            "last_instant": str(ninst[-1]),
-            "last_key": keys[-1].as_py() or "",
-        }
-        batch = table.drop_columns(["_ninst"]).to_batches(max_chunksize=None)[0]
-        return batch.replace_schema_metadata(meta)
+        batch = table.drop_columns([NINST]).to_batches(max_chunksize=None)[0]
+        return batch.replace_schema_metadata(range_metadata(table, self.rtype.key))
+
+
+def range_metadata(table: pa.Table, key: str) -> dict[str, str]:
+    """The first and last (instant, key) of a sorted table, for error messages."""
+    ninst, keys = table.column(NINST), table.column(key)
+    return {
+        "first_instant": str(ninst[0]),
+        "first_key": keys[0].as_py() or "",
+        "last_instant": str(ninst[-1]),
+        "last_key": keys[-1].as_py() or "",
+    }
+
+
+def _frame(table: pa.Table | pa.RecordBatch) -> pl.DataFrame:
+    df = pl.from_arrow(table)
+    assert isinstance(df, pl.DataFrame)
+    return df
 
 
 def key_range(batch: pa.RecordBatch) -> str:
@@ -404,7 +384,7 @@ def describe_key(key: tuple[int, str]) -> str:
     from .timestamps import format_micros
 
     ninst, k = key
-    when = "unparseable time" if ninst == _UNPLACED else format_micros(-ninst)
+    when = "unparseable time" if ninst == UNPLACED else format_micros(-ninst)
     return f"{k or '(start)'} @ {when}"
 
 

@@ -52,7 +52,8 @@ _ROW_IN_ERROR = re.compile(r"in row (\d+)")
 
 @dataclass(frozen=True)
 class Outputs:
-    """What one source batch becomes: the batch per format asked for, and its rejects."""
+    """What one source batch becomes: the batch per format asked for, and its rejects
+    (with ``_row``, the row's index in the batch, and ``_col``, the column's index)."""
 
     csv: pa.RecordBatch | None
     json: pa.RecordBatch | None
@@ -141,7 +142,7 @@ def to_batch(df: pl.DataFrame) -> pa.RecordBatch:
     return table.combine_chunks().to_batches(max_chunksize=None)[0]
 
 
-def _typed_frame(plan: _Plan, rtype: RecordType, batch: pa.RecordBatch) -> pl.DataFrame:
+def _typed_frame(plan: _Plan, rtype: RecordType, batch: pa.RecordBatch | pa.Table) -> pl.DataFrame:
     frame = _frame(batch).lazy().with_columns(pl.col(c).cast(pl.String) for c in rtype.column_names)
     return apply_steps(frame, [list(s) for s in plan.typed_steps]).collect()
 
@@ -151,15 +152,13 @@ def typed(rtype: RecordType, batch: pa.RecordBatch) -> pa.RecordBatch:
     return to_batch(_typed_frame(_plan(rtype), rtype, batch))
 
 
-def transform(rtype: RecordType, batch: pa.RecordBatch, formats: set[str] | frozenset[str]) -> Outputs:
+def transform(rtype: RecordType, batch: pa.RecordBatch | pa.Table, formats: set[str] | frozenset[str]) -> Outputs:
     """Everything the runner writes for one source batch, converting each column once."""
     plan = _plan(rtype, frozenset(formats))
     df = _typed_frame(plan, rtype, batch)
     csv = to_batch(df.select(plan.csv)) if "csv" in formats else None
     js = to_batch(df.select(plan.json)) if formats & {"json", "ndjson"} else None
-    bad = (
-        _rejects(plan, rtype, df) if df.select(plan.rejected).item() else pa.RecordBatch.from_pylist([], REJECT_SCHEMA)
-    )
+    bad = _rejects(plan, rtype, df) if df.select(plan.rejected).item() else _rejects(plan, rtype, df.clear())
     return Outputs(csv, js, bad)
 
 
@@ -253,6 +252,9 @@ def _is_json(text: str) -> bool:
 # --- rejects -----------------------------------------------------------------------
 
 
+REJECT_ORDER = ("_row", "_col")
+
+
 def _rejects(plan: _Plan, rtype: RecordType, df: pl.DataFrame) -> pa.RecordBatch:
     """Rejects in row order, then column order, so the file does not depend on batching."""
     df = df.with_row_index("_row")
@@ -262,8 +264,8 @@ def _rejects(plan: _Plan, rtype: RecordType, df: pl.DataFrame) -> pa.RecordBatch
         if bad.height:
             parts.append(
                 bad.select(
-                    "_row",
-                    _col=pl.lit(i),
+                    pl.col("_row").cast(pl.Int64),
+                    _col=pl.lit(i, pl.Int64),
                     type=pl.lit(rtype.name),
                     key=pl.col(rtype.key),
                     column=pl.lit(col.name),
@@ -271,14 +273,15 @@ def _rejects(plan: _Plan, rtype: RecordType, df: pl.DataFrame) -> pa.RecordBatch
                     reason=pl.lit(_REASONS[col.kind]),
                 )
             )
+    schema = pa.schema([("_row", pa.int64()), ("_col", pa.int64()), *REJECT_SCHEMA])
     if not parts:
-        return pa.RecordBatch.from_pylist([], REJECT_SCHEMA)
-    return to_batch(pl.concat(parts).sort("_row", "_col").drop("_row", "_col")).cast(REJECT_SCHEMA)
+        return pa.RecordBatch.from_pylist([], schema)
+    return to_batch(pl.concat(parts).sort("_row", "_col")).cast(schema)
 
 
 def rejects(rtype: RecordType, typed_batch: pa.RecordBatch) -> pa.RecordBatch:
     """One row per cell that could not be converted: its row key, column, stored value, reason."""
-    return _rejects(_plan(rtype), rtype, _frame(typed_batch))
+    return _rejects(_plan(rtype), rtype, _frame(typed_batch)).drop_columns(list(REJECT_ORDER))
 
 
 # --- CSV ------------------------------------------------------------------------------
