@@ -184,7 +184,7 @@ CSV_PREFIX = "csv:"
 def _convert(rtype: RecordType, page: pa.Table, formats: frozenset[str]) -> tuple[pa.Table, pa.Table]:
     """One page converted: (sort keys + CSV columns + JSON text, rejects + sort keys)."""
     try:
-        out = transforms.transform(rtype, page.drop_columns([NINST]), formats)
+        out = transforms.transform(rtype, page, formats)
     except PipelineError:
         raise
     except Exception as e:

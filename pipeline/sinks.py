@@ -12,8 +12,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-import polars as pl
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 
 BOM = b"\xef\xbb\xbf"
@@ -109,9 +109,13 @@ class CsvSink(Sink):
         self._writer.close()
 
 
-def _joined(batch: pa.RecordBatch, separator: str) -> bytes:
-    """The batch's single string column, rows joined by ``separator``, as UTF-8."""
-    return pl.Series(batch.column(0)).str.join(separator).item().encode()
+def _joined(batch: pa.RecordBatch, separator: str) -> pa.Buffer:
+    """The batch's single string column, rows joined by ``separator``, as UTF-8 (no copy to Python)."""
+    values = batch.column(0).cast(pa.large_string())
+    one_list = pa.LargeListArray.from_arrays(pa.array([0, len(values)], pa.int64()), values)
+    joined = pc.binary_join(one_list, pa.scalar(separator, pa.large_string()))
+    start, end = memoryview(joined.buffers()[1]).cast("q")[joined.offset : joined.offset + 2]
+    return joined.buffers()[2].slice(start, end - start)
 
 
 class NdjsonSink(Sink):
@@ -119,7 +123,8 @@ class NdjsonSink(Sink):
 
     def _write(self, batch: pa.RecordBatch) -> None:
         if batch.num_rows:
-            self._file.write(_joined(batch, "\n") + b"\n")
+            self._file.write(_joined(batch, "\n"))
+            self._file.write(b"\n")
 
 
 class JsonArraySink(Sink):
@@ -127,7 +132,8 @@ class JsonArraySink(Sink):
 
     def _write(self, batch: pa.RecordBatch) -> None:
         if batch.num_rows:
-            self._file.write((b",\n" if self.records else b"[\n") + _joined(batch, ",\n"))
+            self._file.write(b",\n" if self.records else b"[\n")
+            self._file.write(_joined(batch, ",\n"))
 
     def _finish(self) -> None:
         self._file.write(b"\n]\n" if self.records else b"[]\n")

@@ -21,6 +21,7 @@ import pyarrow as pa
 import pyarrow.json as pa_json
 
 from .records import Column, RecordType
+from .sort import NINST, UNPLACED
 from .timestamps import apply_steps, format_instant, instant_steps
 
 RAW = "_raw_"
@@ -79,9 +80,11 @@ _DERIVED_FROM = {"media_files": ("has_media", "embed_data")}
 
 
 @functools.cache
-def _plan(rtype: RecordType, formats: frozenset[str] = ALL_FORMATS) -> _Plan:
+def _plan(rtype: RecordType, formats: frozenset[str] = ALL_FORMATS, with_instant: bool = False) -> _Plan:
     """The expressions for ``rtype``, built once: only what ``formats`` write is converted
-    (a CSV export neither parses ``labels`` nor reports rejects in it)."""
+    (a CSV export neither parses ``labels`` nor reports rejects in it). ``with_instant``:
+    the batch carries the source's ``_ninst``, so the time column is not parsed again."""
+    media = "csv" in formats
     if formats & {"json", "ndjson"}:
         needed = set(rtype.column_names)
     else:
@@ -90,8 +93,15 @@ def _plan(rtype: RecordType, formats: frozenset[str] = ALL_FORMATS) -> _Plan:
     # Step 0 keeps the stored text of every converted column; conversions follow.
     steps: list[list[dict[str, pl.Expr]]] = [[{RAW + c.name: pl.col(c.name) for c in converted}]]
     for c in converted:
-        if c.kind == "timestamp":
+        if c.kind == "timestamp" and with_instant and c.name == rtype.time:
+            ninst = pl.col(NINST)
+            steps.append([{}, {c.name: pl.when(ninst != UNPLACED).then(-ninst)}])
+        elif c.kind == "timestamp":
             steps.append([{}, *instant_steps(RAW + c.name, c.name)])
+        elif c.kind == "json" and media and c.name == _MEDIA_SOURCE:
+            # One parse checks the JSON and extracts the media hashes.
+            parsed = pl.col(RAW + c.name).map_batches(_json_and_media, return_dtype=_JSON_AND_MEDIA)
+            steps.append([{}, {_MEDIA: parsed}, {c.name: pl.col(_MEDIA).struct.field("json")}])
         else:
             steps.append([{}, {c.name: _convert(c, pl.col(RAW + c.name))}])
     by_name = {c.name: c for c in rtype.columns}
@@ -147,14 +157,22 @@ def _typed_frame(plan: _Plan, rtype: RecordType, batch: pa.RecordBatch | pa.Tabl
     return apply_steps(frame, [list(s) for s in plan.typed_steps]).collect()
 
 
+def _has_instant(batch: pa.RecordBatch | pa.Table) -> bool:
+    return NINST in batch.schema.names
+
+
 def typed(rtype: RecordType, batch: pa.RecordBatch) -> pa.RecordBatch:
     """Convert each column of a source batch to its kind; keep stored text of converted ones."""
     return to_batch(_typed_frame(_plan(rtype), rtype, batch))
 
 
 def transform(rtype: RecordType, batch: pa.RecordBatch | pa.Table, formats: set[str] | frozenset[str]) -> Outputs:
-    """Everything the runner writes for one source batch, converting each column once."""
-    plan = _plan(rtype, frozenset(formats))
+    """Everything the runner writes for one source batch, converting each column once.
+
+    A batch may carry the source's ``_ninst`` column (its time column's instant,
+    already parsed); it is used instead of parsing again, and not written.
+    """
+    plan = _plan(rtype, frozenset(formats), _has_instant(batch))
     df = _typed_frame(plan, rtype, batch)
     csv = to_batch(df.select(plan.csv)) if "csv" in formats else None
     js = to_batch(df.select(plan.json)) if formats & {"json", "ndjson"} else None
@@ -171,7 +189,7 @@ def valid_json(s: pl.Series) -> pl.Series:
     The text itself is kept as stored, so nested values come out exactly as the
     archive has them (no invented or dropped keys); the parser only checks it.
     """
-    line = s.str.replace_all(r"[\r\n]", " ").str.strip_chars()
+    line = _one_line(s)
     # What cannot start a JSON value needs no parser to be rejected (e.g. '').
     plausible = line.str.contains(r'^[\[{"\-0-9tfn]').fill_null(False)
     line = line.set(~plausible, None)
@@ -183,6 +201,11 @@ def valid_json(s: pl.Series) -> pl.Series:
 
 
 _BLOCK_LINES = 2048
+
+
+def _one_line(s: pl.Series) -> pl.Series:
+    """JSON text on one line: a line break is only whitespace in valid JSON."""
+    return s.str.replace_all(r"[\r\n]", " ").str.strip_chars()
 
 
 def _parse_json(values: pl.Series, value_type: pa.DataType | None) -> tuple[pl.Series, pa.Table | None]:
@@ -319,43 +342,50 @@ def csv_batch(rtype: RecordType, typed_batch: pa.RecordBatch) -> pa.RecordBatch:
     return to_batch(_frame(typed_batch).select(_plan(rtype).csv))
 
 
+_MEDIA_SOURCE = "embed_data"
+_MEDIA = "_media"  # struct {json, media} of embed_data, kept for the CSV select
+_JSON_AND_MEDIA = pl.Struct({"json": pl.String, "media": pl.String})
+
+
 def _media_files() -> pl.Expr:
     """MediaFiles: media hashes from ``embed_data`` when ``has_media``, ``;``-separated."""
-    embed = pl.when(pl.col("has_media")).then(pl.col("embed_data"))
-    return embed.map_batches(_media_files_of, return_dtype=pl.String)
+    return pl.when(pl.col("has_media")).then(pl.col(_MEDIA).struct.field("media")).otherwise(pl.lit(""))
 
 
-def _media_files_of(embeds: pl.Series) -> pl.Series:
-    """MediaFiles for each (validated) embed; null embed → empty."""
-    out = pl.Series("MediaFiles", [""] * len(embeds), pl.String)
-    present = embeds.is_not_null()
-    if not present.any():
-        return out
-    idx = present.arg_true()
-    ok, parsed = _parse_json(embeds.gather(idx), _MEDIA_TYPE)
-    if parsed is not None and parsed.num_rows:
-        e = pl.from_arrow(parsed.column("v").combine_chunks()).to_frame("e")
-        fast = e.select(
-            pl.concat_list(
-                pl.col("e").struct.field("images").list.eval(pl.element().struct.field("fullsize")).fill_null([]),
-                pl.col("e")
-                .struct.field("media")
-                .struct.field("images")
-                .list.eval(pl.element().struct.field("fullsize"))
-                .fill_null([]),
-                pl.concat_list(pl.col("e").struct.field("external").struct.field("thumb")).fill_null([]),
-            )
-            .list.drop_nulls()
-            .list.eval(pl.element().str.extract(r"([^/]*)$").str.replace(r"@[^@/]*$", ""))
-            .list.join(";")
-            .fill_null("")
-        ).to_series()
-        out = out.scatter(idx.filter(ok), fast)
-    # Embeds whose shape does not fit the expected view (rare): one at a time.
-    odd = idx.filter(~ok)
-    if len(odd):
-        out = out.scatter(odd, [";".join(media_hashes(_loads(e))) for e in embeds.gather(odd).to_list()])
-    return out
+def _json_and_media(raw: pl.Series) -> pl.Series:
+    """``valid_json`` and each valid embed's media hashes, from one parse."""
+    line = _one_line(raw)
+    plausible = line.str.contains(r'^[\[{"\-0-9tfn]').fill_null(False)
+    line = line.set(~plausible, None)
+    media = pl.Series("media", [""] * len(raw), pl.String)
+    idx = plausible.arg_true()
+    if len(idx):
+        ok, parsed = _parse_json(line.gather(idx), _MEDIA_TYPE)
+        if parsed is not None and parsed.num_rows:
+            media = media.scatter(idx.filter(ok), _hashes(parsed.column("v")))
+        # Not parsed: malformed, or valid JSON of a shape the type does not fit (rare).
+        for i, text in zip(idx.filter(~ok).to_list(), line.gather(idx.filter(~ok)).to_list(), strict=True):
+            try:
+                media[i] = ";".join(media_hashes(json.loads(text)))
+            except ValueError:
+                line[i] = None
+    return pl.DataFrame({"json": line, "media": media}).to_struct(raw.name)
+
+
+def _hashes(embeds: pa.ChunkedArray) -> pl.Series:
+    e = pl.from_arrow(embeds.combine_chunks()).to_frame("e")  # type: ignore[union-attr]
+    images = pl.element().struct.field("fullsize")
+    return e.select(
+        pl.concat_list(
+            pl.col("e").struct.field("images").list.eval(images).fill_null([]),
+            pl.col("e").struct.field("media").struct.field("images").list.eval(images).fill_null([]),
+            pl.concat_list(pl.col("e").struct.field("external").struct.field("thumb")).fill_null([]),
+        )
+        .list.drop_nulls()
+        .list.eval(pl.element().str.extract(r"([^/]*)$").str.replace(r"@[^@/]*$", ""))
+        .list.join(";")
+        .fill_null("")
+    ).to_series()
 
 
 def _loads(text: str | None) -> object:
