@@ -200,7 +200,7 @@ def valid_json(s: pl.Series) -> pl.Series:
     return line if ok.all() else line.scatter(idx.filter(~ok), None)
 
 
-_BLOCK_LINES = 2048
+_BLOCK_LINES = 512
 
 
 def _one_line(s: pl.Series) -> pl.Series:
@@ -353,39 +353,36 @@ def _media_files() -> pl.Expr:
 
 
 def _json_and_media(raw: pl.Series) -> pl.Series:
-    """``valid_json`` and each valid embed's media hashes, from one parse."""
-    line = _one_line(raw)
-    plausible = line.str.contains(r'^[\[{"\-0-9tfn]').fill_null(False)
-    line = line.set(~plausible, None)
+    """``valid_json`` and each valid embed's media hashes.
+
+    Validating first keeps the typed parse free of errors (restarting a typed
+    parse means parsing the rows before the error again).
+    """
+    line = valid_json(raw)
     media = pl.Series("media", [""] * len(raw), pl.String)
-    idx = plausible.arg_true()
+    idx = line.is_not_null().arg_true()
     if len(idx):
         ok, parsed = _parse_json(line.gather(idx), _MEDIA_TYPE)
         if parsed is not None and parsed.num_rows:
             media = media.scatter(idx.filter(ok), _hashes(parsed.column("v")))
-        # Not parsed: malformed, or valid JSON of a shape the type does not fit (rare).
-        for i, text in zip(idx.filter(~ok).to_list(), line.gather(idx.filter(~ok)).to_list(), strict=True):
-            try:
-                media[i] = ";".join(media_hashes(json.loads(text)))
-            except ValueError:
-                line[i] = None
+        odd = idx.filter(~ok)  # valid JSON of a shape the type does not fit (rare)
+        if len(odd):
+            media = media.scatter(odd, [";".join(media_hashes(json.loads(t))) for t in line.gather(odd).to_list()])
     return pl.DataFrame({"json": line, "media": media}).to_struct(raw.name)
 
 
 def _hashes(embeds: pa.ChunkedArray) -> pl.Series:
+    """The spec's MediaFiles for parsed embeds: each URL's last path segment without ``@ext``."""
     e = pl.from_arrow(embeds.combine_chunks()).to_frame("e")  # type: ignore[union-attr]
-    images = pl.element().struct.field("fullsize")
-    return e.select(
-        pl.concat_list(
-            pl.col("e").struct.field("images").list.eval(images).fill_null([]),
-            pl.col("e").struct.field("media").struct.field("images").list.eval(images).fill_null([]),
-            pl.concat_list(pl.col("e").struct.field("external").struct.field("thumb")).fill_null([]),
-        )
-        .list.drop_nulls()
-        .list.eval(pl.element().str.extract(r"([^/]*)$").str.replace(r"@[^@/]*$", ""))
-        .list.join(";")
-        .fill_null("")
-    ).to_series()
+    fullsize = pl.element().struct.field("fullsize")
+    urls = pl.concat_list(
+        pl.col("e").struct.field("images").list.eval(fullsize).fill_null([]),
+        pl.col("e").struct.field("media").struct.field("images").list.eval(fullsize).fill_null([]),
+        pl.concat_list(pl.col("e").struct.field("external").struct.field("thumb")).fill_null([]),
+    )
+    joined = urls.list.drop_nulls().list.join(";").fill_null("")
+    # Per ';'-separated URL: drop everything to its last '/', then from its last '@'.
+    return e.select(joined.str.replace_all(r"[^;]*/", "").str.replace_all(r"@[^@;]*(;|$)", "$1")).to_series()
 
 
 def _loads(text: str | None) -> object:
