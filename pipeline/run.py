@@ -11,7 +11,8 @@ import contextlib
 import os
 import queue
 import threading
-from collections.abc import Generator, Iterable, Sequence
+from collections.abc import Generator, Iterable, Iterator, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, as_completed, wait
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -32,6 +33,7 @@ from .source import Archive, Filters, RecordSource, key_range, range_metadata
 FORMATS = tuple(SINKS)
 DEFAULT_FORMATS = ("csv", "json")
 _PREFETCH = 2
+CONVERTERS = min(2, os.cpu_count() or 1)
 WRITE_ROWS = 16_384
 T = TypeVar("T")
 
@@ -142,11 +144,10 @@ def _write_all(
     pages = prefetch(source.pages(), _PREFETCH)
     try:
         with source.sorter([NINST, KEY]) as rows, source.sorter([NINST, KEY, "_col"]) as bad:
-            for page in pages:
-                rows_out, bad_out = _convert(rtype, page, wanted)
+            for n, (rows_out, bad_out) in _convert_all(rtype, pages, wanted):
                 rows.add(rows_out)
                 bad.add(bad_out)
-                progress.advance(page.num_rows)
+                progress.advance(n)
             pages.close()
             progress.set_total(source.total)
             for fmt in formats:
@@ -179,6 +180,30 @@ def _write_all(
 
 KEY = "_key"
 CSV_PREFIX = "csv:"
+
+
+def _convert_all(
+    rtype: RecordType, pages: Iterable[pa.Table], formats: frozenset[str]
+) -> Iterator[tuple[int, tuple[pa.Table, pa.Table]]]:
+    """Convert pages on CONVERTERS threads (Polars and pyarrow release the GIL), at most
+    that many pages in flight. Results come back in any order: they are sorted next."""
+    with ThreadPoolExecutor(CONVERTERS, thread_name_prefix="convert") as pool:
+        running: set[Future[tuple[pa.Table, pa.Table]]] = set()
+        sizes: dict[Future[tuple[pa.Table, pa.Table]], int] = {}
+        try:
+            for page in pages:
+                future = pool.submit(_convert, rtype, page, formats)
+                sizes[future] = page.num_rows
+                running.add(future)
+                if len(running) >= CONVERTERS:
+                    done, running = wait(running, return_when=FIRST_COMPLETED)
+                    for f in done:
+                        yield sizes.pop(f), f.result()
+            for f in as_completed(running):
+                yield sizes.pop(f), f.result()
+        finally:
+            for f in running:
+                f.cancel()
 
 
 def _convert(rtype: RecordType, page: pa.Table, formats: frozenset[str]) -> tuple[pa.Table, pa.Table]:
