@@ -235,30 +235,30 @@ class RecordSource:
             ) from None
 
     def _plan(self, bucket_bytes: int) -> tuple[int, Plan]:
-        """Rows per second of ``time`` (as SQLite reads it), cut into buckets of ~bucket_bytes."""
+        """Rows per second of ``time`` (as SQLite reads it), cut into buckets of ~bucket_bytes.
+
+        SQLite computes each row's second from the time column's index alone;
+        counting them is Polars' job (a GROUP BY in SQLite would sort them again).
+        """
         r, f = self.rtype, self.filters
         t = f"CASE WHEN typeof(p.{_quote(r.time)}) = 'text' THEN p.{_quote(r.time)} END"
         where, params = "", []
         if f.did is not None:
             where, params = " WHERE p.did = ?", [pa.array([f.did], pa.string())]
-        sql = (
-            f"SELECT -unixepoch({t}) AS k, count(*) AS n FROM main.{_quote(r.table)} AS p{where} GROUP BY k ORDER BY k"
-        )
-        counts = _frame(self._query_table(sql, params, PLAN_ROWS, "planning"))
-        counts = counts.cast({"k": pl.Int64, "n": pl.Int64})
-        if f.since is not None or f.until is not None:
-            lo = -(f.until // 1_000_000) if f.until is not None else None
-            hi = -(f.since // 1_000_000) if f.since is not None else None
-            k = pl.col("k")
-            counts = counts.filter(
-                k.is_not_null() & (k >= lo if lo is not None else True) & (k <= hi if hi is not None else True)
-            )
-        counts = counts.filter(pl.col("k").is_not_null()).vstack(counts.filter(pl.col("k").is_null()))
+        sql = f"SELECT -unixepoch({t}) AS k FROM main.{_quote(r.table)} AS p{where}"
+        k = _frame(self._query_table(sql, params, PLAN_ROWS, "planning")).get_column("k").cast(pl.Int64)
+        if f.since is not None or f.until is not None:  # rows with no instant are left out then
+            keep = k.is_not_null()
+            if f.until is not None:
+                keep &= k >= -(f.until // 1_000_000)
+            if f.since is not None:
+                keep &= k <= -(f.since // 1_000_000)
+            k = k.filter(keep)
+        counts = k.drop_nulls().value_counts(sort=False, name="n").sort("k")
         all_rows = self._query_table(f"SELECT count(*) FROM main.{_quote(r.table)}", [], None, "planning")
         avg_bytes = max(64, self._archive_bytes // max(1, all_rows.column(0)[0].as_py()))
-        placed = counts.filter(pl.col("k").is_not_null())
-        plan = Plan.from_counts(placed.get_column("k"), placed.get_column("n"), max(1, bucket_bytes // avg_bytes))
-        return int(counts.get_column("n").sum()), plan
+        plan = Plan.from_counts(counts.get_column("k"), counts.get_column("n"), max(1, bucket_bytes // avg_bytes))
+        return len(k), plan
 
     def pages(self) -> Iterator[pa.Table]:
         """The filtered rows in table order, in pages of at least ``PAGE_ROWS``, with ``_ninst``.

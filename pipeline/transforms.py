@@ -100,7 +100,9 @@ def _plan(rtype: RecordType, formats: frozenset[str] = ALL_FORMATS, with_instant
             steps.append([{}, *instant_steps(RAW + c.name, c.name)])
         elif c.kind == "json" and media and c.name == _MEDIA_SOURCE:
             # One parse checks the JSON and extracts the media hashes.
-            parsed = pl.col(RAW + c.name).map_batches(_json_and_media, return_dtype=_JSON_AND_MEDIA)
+            parse = functools.partial(_json_and_media, validate_all=bool(formats & {"json", "ndjson"}))
+            source = pl.struct(pl.col(RAW + c.name).alias("json"), pl.col(RAW + "has_media").alias("has_media"))
+            parsed = source.map_batches(parse, return_dtype=_JSON_AND_MEDIA)
             steps.append([{}, {_MEDIA: parsed}, {c.name: pl.col(_MEDIA).struct.field("json")}])
         else:
             steps.append([{}, {c.name: _convert(c, pl.col(RAW + c.name))}])
@@ -352,15 +354,24 @@ def _media_files() -> pl.Expr:
     return pl.when(pl.col("has_media")).then(pl.col(_MEDIA).struct.field("media")).otherwise(pl.lit(""))
 
 
-def _json_and_media(raw: pl.Series) -> pl.Series:
-    """``valid_json`` and each valid embed's media hashes.
+def _json_and_media(source: pl.Series, validate_all: bool) -> pl.Series:
+    """Checked JSON text and media hashes of each embed (struct of stored text and has_media).
 
-    Validating first keeps the typed parse free of errors (restarting a typed
-    parse means parsing the rows before the error again).
+    Only rows with ``has_media`` need hashes. Without a JSON format, nothing else
+    reads ``embed_data``, so only those rows are checked (the others pass as
+    stored, unchecked); with one, every row is. Validating before the typed
+    parse keeps that parse free of errors (restarting it would mean parsing the
+    rows before the error again).
     """
-    line = valid_json(raw)
+    raw = source.struct.field("json")
+    has_media = (source.struct.field("has_media").str.strip_chars().cast(pl.Int64, strict=False) != 0).fill_null(False)
+    wanted = has_media & raw.is_not_null()
+    if validate_all:
+        line = valid_json(raw)
+    else:
+        line = raw.scatter(wanted.arg_true(), valid_json(raw.filter(wanted))) if wanted.any() else raw
     media = pl.Series("media", [""] * len(raw), pl.String)
-    idx = line.is_not_null().arg_true()
+    idx = (wanted & line.is_not_null()).arg_true()
     if len(idx):
         ok, parsed = _parse_json(line.gather(idx), _MEDIA_TYPE)
         if parsed is not None and parsed.num_rows:
@@ -368,7 +379,7 @@ def _json_and_media(raw: pl.Series) -> pl.Series:
         odd = idx.filter(~ok)  # valid JSON of a shape the type does not fit (rare)
         if len(odd):
             media = media.scatter(odd, [";".join(media_hashes(json.loads(t))) for t in line.gather(odd).to_list()])
-    return pl.DataFrame({"json": line, "media": media}).to_struct(raw.name)
+    return pl.DataFrame({"json": line, "media": media}).to_struct("embed")
 
 
 def _hashes(embeds: pa.ChunkedArray) -> pl.Series:
