@@ -152,9 +152,13 @@ def _write_all(
             progress.set_total(source.total)
             for fmt in formats:
                 sinks[fmt] = _open_sink(folder, rtype, fmt)
-            for table in rows.sorted():
-                for chunk in table.to_batches(max_chunksize=WRITE_ROWS):
-                    _write(sinks, formats, chunk, rtype)
+            ordered = prefetch(rows.sorted(), 1)  # the next bucket is read and sorted while one is written
+            try:
+                for table in ordered:
+                    for chunk in table.to_batches(max_chunksize=WRITE_ROWS):
+                        _write(sinks, formats, chunk, rtype)
+            finally:
+                ordered.close()
             for table in bad.sorted():
                 reject_sink = reject_sink or NdjsonSink(folder, "rejects.ndjson")
                 reject_sink.write(_reject_lines(table.select(transforms.REJECT_SCHEMA.names)))
