@@ -77,7 +77,7 @@ def export_command(
 
     Example:
 
-        pipeline run export archive.db --out exports/mine --format csv --format ndjson --since 2024-01-01
+        pipeline run export archive.db -o exports/mine -f csv -f ndjson --since 2024-01-01
     """
     from pipeline import PipelineError, export
     from pipeline.progress import for_terminal

@@ -60,6 +60,16 @@ def archive(posts: int, seed: int) -> Path:
     return path
 
 
+def _count(db: Path) -> int:
+    import sqlite3
+
+    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        return con.execute("SELECT count(*) FROM posts").fetchone()[0]
+    finally:
+        con.close()
+
+
 def warm(path: Path) -> None:
     with open(path, "rb") as f:
         while f.read(1 << 24):
@@ -88,7 +98,7 @@ def memray_peak(db: Path, work: Path) -> tuple[int, int]:
     out = work / "memray-out"
     code = (
         "import sys, memray\n"
-        f"sys.argv = {['pipeline', *export_cmd(db, out)[3:]]!r}\n"
+        f"sys.argv = {['pipeline', *export_cmd(db, out)[2:]]!r}\n"
         f"sys.path.insert(0, {str(ROOT)!r})\n"
         f"with memray.Tracker({str(trace)!r}):\n"
         "    import cli\n"
@@ -110,14 +120,16 @@ def main() -> int:
     ap.add_argument("--small", type=int, default=500)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--archive", type=Path, help="an existing archive to use instead of generating one")
     args = ap.parse_args()
     sqlite3_cli = shutil.which("sqlite3")
     if sqlite3_cli is None:
         raise SystemExit("the sqlite3 command-line tool is needed as the peer (apt-get install sqlite3)")
 
-    db = archive(args.posts, args.seed)
+    db = args.archive or archive(args.posts, args.seed)
     small = archive(args.small, args.seed)
-    results: dict[str, object] = {"posts": args.posts, "archive_bytes": db.stat().st_size}
+    posts = _count(db)
+    results: dict[str, object] = {"archive": str(db), "posts": posts, "archive_bytes": db.stat().st_size}
     with tempfile.TemporaryDirectory(prefix="bench-", dir=CACHE) as tmp:
         work = Path(tmp)
         warm(db)
@@ -139,8 +151,8 @@ def main() -> int:
         sqlite3_csv_s=round(best_peer, 3),
         pipeline_csv_s=round(best_ours, 3),
         ratio=round(best_ours / best_peer, 3),
-        pipeline_rows_per_s=round(args.posts / best_ours),
-        sqlite3_rows_per_s=round(args.posts / best_peer),
+        pipeline_rows_per_s=round(posts / best_ours),
+        sqlite3_rows_per_s=round(posts / best_peer),
         peak_rss_mib=round(max(rss) / 1024, 1),
         memray_peak_mib=round(peak / 2**20, 1),
         memray_run_peak_rss_mib=round(memray_rss / 1024, 1),
