@@ -28,7 +28,7 @@ from .publish import TOOL, Staging
 from .records import POSTS, RecordType
 from .sinks import SINKS, FileResult, NdjsonSink, Sink
 from .sort import NINST
-from .source import Archive, Filters, RecordSource, key_range, range_metadata
+from .source import Archive, Filters, Reads, RecordSource, key_range, range_metadata
 
 FORMATS = tuple(SINKS)
 DEFAULT_FORMATS = ("csv", "json")
@@ -135,8 +135,8 @@ def _write_all(
     order does not matter); the converted rows go to an external sort by
     (instant, key) and come back bucket by bucket for the sinks.
     """
-    source = db.read(rtype, filters, batch_size, spill_dir=folder)
     wanted = frozenset(formats)
+    source = db.read(rtype, filters, batch_size, spill_dir=folder, reads=Reads(*transforms.reads(rtype, wanted)))
     sinks: dict[str, Sink] = {}
     reject_sink: NdjsonSink | None = None
     rejects = 0

@@ -87,6 +87,27 @@ def parse_bound(value: str | datetime | None, *, end_of_day: bool, option: str) 
     return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
 
 
+@dataclass(frozen=True)
+class Reads:
+    """Which columns to read; ``only_where`` reads a column only where another is true.
+
+    Columns not read come back NULL, so the schema stays the same.
+    """
+
+    columns: frozenset[str] | None = None  # None: all
+    only_where: tuple[tuple[str, str], ...] = ()  # (column, condition column)
+
+    def expression(self, name: str) -> str:
+        if self.columns is not None and name not in self.columns:
+            return f"NULL AS {_quote(name)}"
+        for column, condition in self.only_where:
+            if column == name:
+                return (
+                    f"CASE WHEN p.{_quote(condition)} THEN {_as_text(name).rsplit(' AS ', 1)[0]} END AS {_quote(name)}"
+                )
+        return _as_text(name)
+
+
 @dataclass
 class Unplaced:
     """Rows whose time is not an instant, excluded because a time filter was given."""
@@ -99,10 +120,14 @@ def _quote(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-def _as_text(name: str) -> str:
+def _cast(name: str) -> str:
     # Every column is read as TEXT: SQLite's columns are untyped, and the ADBC
     # driver would otherwise type a column by the first values it meets.
-    return f"CAST(p.{_quote(name)} AS TEXT) AS {_quote(name)}"
+    return f"CAST(p.{_quote(name)} AS TEXT)"
+
+
+def _as_text(name: str) -> str:
+    return f"{_cast(name)} AS {_quote(name)}"
 
 
 class Archive:
@@ -170,13 +195,15 @@ class Archive:
         filters: Filters = Filters(),
         batch_size: int = 1000,
         spill_dir: str | os.PathLike[str] | None = None,
+        reads: Reads | None = None,
     ) -> RecordSource:
         """The rows of ``rtype`` that pass ``filters``, in export order, as record batches.
 
-        ``spill_dir`` is where a large table is sorted on disk (default: the system temp folder).
+        ``spill_dir`` is where a large table is sorted on disk (default: the system
+        temp folder). ``reads`` narrows what is read (the rest comes back NULL).
         """
         self.check(rtype)
-        source = RecordSource(self, rtype, filters, batch_size, spill_dir)
+        source = RecordSource(self, rtype, filters, batch_size, spill_dir, reads=reads)
         self._sources.append(source)
         return source
 
@@ -198,6 +225,7 @@ class RecordSource:
         batch_size: int,
         spill_dir: str | os.PathLike[str] | None = None,
         bucket_bytes: int = BUCKET_BYTES,
+        reads: Reads | None = None,
     ):
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
@@ -207,6 +235,7 @@ class RecordSource:
         self.schema = pa.schema([(c, pa.string()) for c in rtype.column_names])
         self.unplaced = Unplaced()
         self.spill_dir = spill_dir
+        self.reads = reads or Reads()
         self._archive_bytes = archive.path.stat().st_size
         self._conn = adbc.AdbcConnection(archive._db)
         self._closed = False
@@ -270,7 +299,7 @@ class RecordSource:
         """
         r, f = self.rtype, self.filters
         rows = max(self.batch_size, PAGE_ROWS)
-        cols = ", ".join(_as_text(c) for c in r.column_names)
+        cols = ", ".join(self.reads.expression(c) for c in r.column_names)
         did = " AND p.did = ?" if f.did is not None else ""
         sql = (
             f"SELECT p.rowid AS _rid, {cols} FROM main.{_quote(r.table)} AS p"

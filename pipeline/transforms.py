@@ -79,6 +79,18 @@ class _Plan:
 _DERIVED_FROM = {"media_files": ("has_media", "embed_data")}
 
 
+def reads(rtype: RecordType, formats: frozenset[str]) -> tuple[frozenset[str] | None, tuple[tuple[str, str], ...]]:
+    """What ``formats`` need read: (columns or None for all, (column, only where column is true)).
+
+    A CSV-only export reads neither ``labels`` nor ``archived_at``, and ``embed_data``
+    only where ``has_media`` (it is there for MediaFiles alone).
+    """
+    if formats & {"json", "ndjson"}:
+        return None, ()
+    needed = frozenset(n for c in rtype.csv for n in _DERIVED_FROM.get(c.source, (c.source,)))
+    return needed, tuple((_MEDIA_SOURCE, "has_media") for c in rtype.csv if c.source == "media_files")
+
+
 @functools.cache
 def _plan(rtype: RecordType, formats: frozenset[str] = ALL_FORMATS, with_instant: bool = False) -> _Plan:
     """The expressions for ``rtype``, built once: only what ``formats`` write is converted
