@@ -86,7 +86,8 @@ def export_command(
     are complete, with a manifest.json (counts, sizes, SHA-256).
 
     Exit codes: 0 done, 1 export failed, 2 usage error, 3 bad archive,
-    4 output not writable, 130 interrupted (Ctrl-C), 143 terminated (SIGTERM).
+    4 output not writable, 130 interrupted (Ctrl-C), 143 terminated (SIGTERM),
+    129 hung up (SIGHUP).
 
     Example:
 
@@ -96,6 +97,7 @@ def export_command(
     from pipeline.progress import for_terminal
 
     signal.signal(signal.SIGTERM, _terminate)
+    signal.signal(signal.SIGHUP, _terminate)  # the terminal went away
     started = time.monotonic()
     try:
         result = export(

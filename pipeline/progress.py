@@ -12,7 +12,10 @@ PLAIN_INTERVAL = 5.0
 
 
 class Progress:
-    """Interface used by the runner; this base reports nothing (``--quiet``)."""
+    """Interface used by the runner; this base reports nothing (``--quiet``).
+
+    ``start`` may be called again for the next phase (e.g. writing after converting).
+    """
 
     def start(self, label: str, total: int) -> None: ...
 
@@ -39,9 +42,10 @@ class PlainProgress(Progress):
 
     def start(self, label: str, total: int) -> None:
         self._label, self._total, self._done, self._t0 = label, total, 0, time.monotonic()
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name="progress", daemon=True)
-        self._thread.start()
+        if self._thread is None:
+            self._stop.clear()
+            self._thread = threading.Thread(target=self._run, name="progress", daemon=True)
+            self._thread.start()
 
     def advance(self, n: int) -> None:
         self._done += n
@@ -95,13 +99,16 @@ class RichProgress(Progress):
         self._t0 = 0.0
 
     def start(self, label: str, total: int) -> None:
-        self._bar.start()
+        if self._task is None:
+            self._bar.start()
+        else:
+            self._bar.update(self._task, visible=False)
         self._t0 = time.monotonic()
         self._task = self._bar.add_task(label, total=total, rate="")
 
     def advance(self, n: int) -> None:
         assert self._task is not None
-        task = self._bar.tasks[0]
+        task = next(t for t in self._bar.tasks if t.id == self._task)
         rate = (task.completed + n) / max(time.monotonic() - self._t0, 1e-9)
         self._bar.update(self._task, advance=n, rate=f"{rate:,.0f} rec/s")
 

@@ -140,7 +140,7 @@ def _write_all(
     sinks: dict[str, Sink] = {}
     reject_sink: NdjsonSink | None = None
     rejects = 0
-    progress.start(rtype.name, source.total)
+    progress.start(f"{rtype.name}: converting", source.total)
     pages = prefetch(source.pages(), _PREFETCH)
     try:
         with source.sorter([NINST, KEY]) as rows, source.sorter([NINST, KEY, "_col"]) as bad:
@@ -150,6 +150,7 @@ def _write_all(
                 progress.advance(n)
             pages.close()
             progress.set_total(source.total)
+            progress.start(f"{rtype.name}: writing", source.total)
             for fmt in formats:
                 sinks[fmt] = _open_sink(folder, rtype, fmt)
             ordered = prefetch(rows.sorted(), 1)  # the next bucket is read and sorted while one is written
@@ -157,6 +158,7 @@ def _write_all(
                 for table in ordered:
                     for chunk in table.to_batches(max_chunksize=WRITE_ROWS):
                         _write(sinks, formats, chunk, rtype)
+                        progress.advance(chunk.num_rows)
             finally:
                 ordered.close()
             for table in bad.sorted():

@@ -97,7 +97,7 @@ def test_sigkill_keeps_earlier_export(archive_20k, earlier_export):
     assert _staging(earlier_export) == []
 
 
-@pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143), (signal.SIGHUP, 129)])
 def test_interrupt_cleans_up(archive_20k, earlier_export, sig, code):
     before = _snapshot(earlier_export)
     proc = _start_slow_export(archive_20k, earlier_export)
