@@ -21,10 +21,9 @@ and sorts what it will write.
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, time
+from datetime import UTC, date, datetime, time
 from pathlib import Path
 
 import adbc_driver_manager as adbc
@@ -72,11 +71,12 @@ def parse_bound(value: str | datetime | None, *, end_of_day: bool, option: str) 
     else:
         text = value.strip()
         try:
-            if re.fullmatch(r"\d{4}-\d{2}-\d{2}", text):
-                day = datetime.fromisoformat(text).date()
-                dt = datetime.combine(day, time.max if end_of_day else time.min)
-            else:
+            try:  # a date alone, in any ISO 8601 spelling (2024-05-01, 20240501, 2024-W18-3)
+                day = date.fromisoformat(text)
+            except ValueError:
                 dt = datetime.fromisoformat(text.replace(" ", "T", 1))
+            else:
+                dt = datetime.combine(day, time.max if end_of_day else time.min)
         except ValueError:
             raise UsageError(
                 f"{option}: cannot read {value!r} as a date (use YYYY-MM-DD or an ISO 8601 date-time)"

@@ -12,12 +12,18 @@ from __future__ import annotations
 
 import polars as pl
 
-# Everything ISO 8601-like the slow path reads: date, optional time (seconds
-# and fraction optional), optional zone (Z, ±HH, ±HHMM, ±HH:MM).
+# Everything ISO 8601-like we read: date, optional time (seconds and fraction
+# optional), optional zone (Z, ±HH, ±HHMM, ±HH:MM). ASCII digits only, every
+# field in range (no year 0000, no second 60: the export could not write them
+# back as an instant), surrounding ASCII whitespace allowed. Values that do not
+# match are not instants, whatever a lenient strptime would make of them.
+_YEAR = r"(?:000[1-9]|00[1-9][0-9]|0[1-9][0-9]{2}|[1-9][0-9]{3})"
+_HOUR = r"(?:[01][0-9]|2[0-3])"
+_SIXTY = r"[0-5][0-9]"
 _PATTERN = (
-    r"^\s*(\d{4}-\d{2}-\d{2})"
-    r"(?:[Tt ](\d{2}:\d{2})(?::(\d{2})(?:\.(\d{1,9}))?)?"
-    r"\s*(?:[Zz]|([+-])(\d{2})(?::?(\d{2}))?)?)?\s*$"
+    rf"^[ \t\n\r\f\v]*({_YEAR}-(?:0[1-9]|1[0-2])-(?:0[1-9]|[12][0-9]|3[01]))"
+    rf"(?:[Tt ]({_HOUR}:{_SIXTY})(?::({_SIXTY})(?:\.([0-9]{{1,9}}))?)?"
+    rf"[ \t\n\r\f\v]*(?:[Zz]|([+-])({_HOUR})(?::?({_SIXTY}))?)?)?[ \t\n\r\f\v]*$"
 )
 _CANONICAL_FORMAT = "%Y-%m-%dT%H:%M:%S%.f%:z"
 # More than six fractional digits, not all of them zero past the sixth.
@@ -55,9 +61,11 @@ def instant_steps(source: str, out: str) -> list[dict[str, pl.Expr]]:
     its own column so nothing is computed twice. Helper columns start with
     ``_t_`` and are dropped by the caller (``drop_steps``).
     """
-    text = pl.col(source)
-    a, rest, b, rest2, groups = (f"_t_{out}_{x}" for x in ("a", "rest", "b", "rest2", "groups"))
+    raw = pl.col(source)
+    valid, a, rest, b, rest2, groups = (f"_t_{out}_{x}" for x in ("valid", "a", "rest", "b", "rest2", "groups"))
+    text = pl.col(valid)
     return [
+        {valid: pl.when(raw.str.contains(_PATTERN)).then(raw)},
         {a: _strptime(text, "%Y-%m-%dT%H:%M:%S%.f%#z", "UTC")},
         {rest: pl.when(pl.col(a).is_null()).then(text)},
         {b: _strptime(pl.col(rest), "%Y-%m-%d %H:%M:%S%.f", None)},

@@ -17,7 +17,8 @@ EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 TS = re.compile(
     r"\s*(\d{4})-(\d{2})-(\d{2})"
     r"(?:[Tt ](\d{2}):(\d{2})(?::(\d{2})(?:\.(\d{1,9}))?)?"
-    r"\s*(?:([Zz])|([+-])(\d{2})(?::?(\d{2}))?)?)?\s*"
+    r"\s*(?:([Zz])|([+-])(\d{2})(?::?(\d{2}))?)?)?\s*",
+    re.ASCII,
 )
 POST_COLUMNS = [
     "uri", "cid", "did", "text", "created_at", "indexed_at", "has_media", "like_count", "repost_count",
@@ -43,6 +44,8 @@ def instant(value: object) -> int | None:
     try:
         tz = UTC
         if sign:
+            if int(om or 0) > 59:
+                return None
             off = timedelta(hours=int(oh), minutes=int(om or 0))
             tz = timezone(off if sign == "+" else -off)
         dt = datetime(int(y), int(mo), int(d), int(hh or 0), int(mm or 0), int(ss or 0),

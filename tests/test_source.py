@@ -7,7 +7,8 @@ import pytest
 from oracle import expected_posts, instant
 
 from pipeline import POSTS, Archive, Filters
-from pipeline.source import RecordSource
+from pipeline.errors import UsageError
+from pipeline.source import RecordSource, parse_bound
 
 STRING_SCHEMA = pa.schema([(c, pa.string()) for c in POSTS.column_names])
 
@@ -70,3 +71,26 @@ def test_batch_metadata_names_key_range(fixture_archive):
     first = batches[0].column("uri").to_pylist()
     text = key_range(batches[0])
     assert first[0] in text and first[-1] in text
+
+
+@pytest.mark.parametrize(
+    ("text", "end_of_day", "want"),
+    [
+        ("2024-05-01", False, "2024-05-01T00:00:00+00:00"),
+        ("2024-05-01", True, "2024-05-01T23:59:59.999999+00:00"),
+        ("20240501", True, "2024-05-01T23:59:59.999999+00:00"),  # basic format is a date too
+        ("2024-W18-3", True, "2024-05-01T23:59:59.999999+00:00"),
+        ("2024-05-01T12:00:00", True, "2024-05-01T12:00:00+00:00"),  # a time given is taken as is
+        ("2024-05-01 12:00:00+02:00", True, "2024-05-01T10:00:00+00:00"),
+        (" 2024-05-01T12:00Z ", False, "2024-05-01T12:00:00+00:00"),
+    ],
+)
+def test_parse_bound(text, end_of_day, want):
+    micros = parse_bound(text, end_of_day=end_of_day, option="--until")
+    assert micros == instant(want)
+
+
+@pytest.mark.parametrize("text", ["yesterday", "2024-13-01", "2024-05-01T25:00", "", "2024/05/01"])
+def test_parse_bound_rejects(text):
+    with pytest.raises(UsageError, match="--since: cannot read"):
+        parse_bound(text, end_of_day=False, option="--since")

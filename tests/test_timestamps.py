@@ -56,10 +56,28 @@ def test_parse_matches_oracle(values):
 @given(st.lists(st.text(max_size=30), max_size=20))
 def test_garbage_never_crashes_and_agrees(values):
     got = parse_instant(pl.Series(values, dtype=pl.String)).to_list()
-    for v, g in zip(values, got, strict=True):
-        want = instant(v)
-        if want is not None:
-            assert g == want  # whatever the oracle reads, we read the same way
+    assert got == [instant(v) for v in values]  # what the oracle rejects, we reject
+
+
+@st.composite
+def near_misses(draw) -> str:
+    """A valid spelling with one character replaced, inserted or deleted."""
+    text = draw(spellings())
+    i = draw(st.integers(min_value=0, max_value=len(text)))
+    ch = draw(st.sampled_from(list("0123456789:-+.TtZz \t\n٣\u00a0") + ["60", "24", "0000"]))
+    op = draw(st.sampled_from(["replace", "insert", "delete"]))
+    if op == "insert":
+        return text[:i] + ch + text[i:]
+    if op == "delete":
+        return text[:i] + text[i + 1 :]
+    return text[:i] + ch + text[i + len(ch) :]
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(near_misses(), min_size=1, max_size=40))
+def test_near_misses_agree_with_oracle(values):
+    got = parse_instant(pl.Series(values, dtype=pl.String)).to_list()
+    assert got == [instant(v) for v in values]
 
 
 @settings(max_examples=300, deadline=None)
@@ -88,5 +106,10 @@ def test_known_spellings():
         assert micros is not None
         got = pl.select(format_instant(pl.lit(parse_instant(pl.Series([text]))[0]), fraction=True)).item()
         assert got == want == rfc3339(micros, fraction=True)
-    for bad in ["not a date", "2024-13-45T00:00:00Z", "2024-02-30T00:00:00Z", "2024-05-01T12:34:56.1234567Z", ""]:
+    bad_values = [
+        "not a date", "2024-13-45T00:00:00Z", "2024-02-30T00:00:00Z", "2024-05-01T12:34:56.1234567Z", "",
+        "2024-05-01T12:34:60Z", "2024-5-1", "0000-01-01T00:00:00Z", "2024-05-01T24:00:00Z",
+        "2024-05-01T12:00:00+05:75", "\u0662\u0660\u0662\u0664-05-01", "\u00a02024-05-01",
+    ]  # fmt: skip
+    for bad in bad_values:
         assert parse_instant(pl.Series([bad])).to_list() == [None] == [instant(bad)]
