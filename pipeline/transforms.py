@@ -198,38 +198,31 @@ def transform(rtype: RecordType, batch: pa.RecordBatch | pa.Table, formats: set[
 
 
 def valid_json(s: pl.Series) -> pl.Series:
-    """Each stored JSON text as one line (newlines are whitespace), or null if malformed.
+    """Each stored JSON text on one line, or null where it is not one valid JSON document.
 
-    The text itself is kept as stored, so nested values come out exactly as the
-    archive has them (no invented or dropped keys); the parser only checks it.
+    Each value is parsed on its own, as a whole document (Polars' JSON path
+    matcher, serde_json): RFC 8259 JSON whose numbers fit a double, whose
+    escapes are valid Unicode and which nests at most 127 levels deep. The text
+    itself is kept as stored, so nested values come out exactly as the archive
+    has them (no invented, reordered or dropped keys); only after it is known
+    valid are its line breaks, which can then only be whitespace between
+    tokens, turned into spaces, and JSON whitespace around it trimmed.
     """
-    line = _one_line(s)
-    # What cannot start a JSON value needs no parser to be rejected (e.g. '').
-    plausible = line.str.contains(r'^[\[{"\-0-9tfn]').fill_null(False)
-    line = line.set(~plausible, None)
-    if not plausible.any():
-        return line
-    idx = plausible.arg_true()
-    ok, _ = _parse_json(line.gather(idx), None)
-    return line if ok.all() else line.scatter(idx.filter(~ok), None)
+    ok = s.str.json_path_match("$").is_not_null() | s.str.contains(r"^[ \t\r\n]*null[ \t\r\n]*$")
+    return s.set(~ok.fill_null(False), None).str.replace_all(r"[\r\n]", " ").str.strip_chars(" \t")
 
 
 _BLOCK_LINES = 512
 
 
-def _one_line(s: pl.Series) -> pl.Series:
-    """JSON text on one line: a line break is only whitespace in valid JSON."""
-    return s.str.replace_all(r"[\r\n]", " ").str.strip_chars()
+def _parse_json(values: pl.Series, value_type: pa.DataType) -> tuple[pl.Series, pa.Table | None]:
+    """Parse valid one-line JSON values into ``value_type`` with pyarrow's JSON reader.
 
-
-def _parse_json(values: pl.Series, value_type: pa.DataType | None) -> tuple[pl.Series, pa.Table | None]:
-    """Parse each value (one-line JSON text) with pyarrow's JSON reader (RapidJSON).
-
-    Values go through as ``{"v": <text>}`` lines, a block of lines per call. A
-    parse error names its row: that row is marked not ok and parsing resumes
-    after it. With ``value_type``, also returns column ``v`` of the ok rows, in
-    order (a value whose shape does not fit the type is not ok); without it the
-    parse only validates. Returns (ok mask, parsed rows or None).
+    Values go through as ``{"v": <text>}`` lines, a block of lines per call
+    (``valid_json`` first, so no text can close the wrapper early). A value
+    whose shape does not fit the type fails its block with an error naming its
+    row: that row is marked not ok and parsing resumes after it. Returns (ok
+    mask, column ``v`` of the ok rows in order, or None if there are none).
     """
     wrapped = values.to_frame("v").select(pl.lit('{"v":') + pl.col("v") + pl.lit("}\n")).to_series()
     arr = wrapped.to_arrow()
@@ -238,8 +231,7 @@ def _parse_json(values: pl.Series, value_type: pa.DataType | None) -> tuple[pl.S
     arr = arr.cast(pa.large_string())
     data = arr.buffers()[2]
     offsets = memoryview(arr.buffers()[1]).cast("q")[arr.offset : arr.offset + len(arr) + 1]
-    schema = pa.schema([] if value_type is None else [("v", value_type)])
-    options = pa_json.ParseOptions(explicit_schema=schema, unexpected_field_behavior="ignore")
+    options = pa_json.ParseOptions(explicit_schema=pa.schema([("v", value_type)]), unexpected_field_behavior="ignore")
 
     def read(first: int, last: int) -> pa.Table:
         chunk = data.slice(offsets[first], offsets[last] - offsets[first])
@@ -256,34 +248,21 @@ def _parse_json(values: pl.Series, value_type: pa.DataType | None) -> tuple[pl.S
                 table = read(row, last)
             except pa.ArrowInvalid as e:
                 m = _ROW_IN_ERROR.search(str(e))
-                if not m:  # cannot tell which row: decide one value at a time
-                    for i in range(row, last):
-                        ok[i] = _is_json(values[i]) if value_type is None else False
+                if not m:  # cannot tell which row: leave these to the slow path
+                    ok[row:last] = [False] * (last - row)
                     break
                 bad = row + int(m.group(1))
                 ok[bad] = False
-                if value_type is not None and bad > row:
+                if bad > row:
                     tables.append(read(row, bad))
                 row = bad + 1
                 continue
-            if table.num_rows != last - row:  # a value smuggled in a second document
-                for i in range(row, last):
-                    ok[i] = _is_json(values[i])
-                if value_type is not None:
-                    raise AssertionError("parsed values must be validated first")
-            elif value_type is not None:
-                tables.append(table)
+            if table.num_rows != last - row:
+                raise AssertionError("a validated JSON value parsed as more than one row")
+            tables.append(table)
             break
-    parsed = None if value_type is None else pa.concat_tables(tables) if tables else None
+    parsed = pa.concat_tables(tables) if tables else None
     return pl.Series(ok, dtype=pl.Boolean), parsed
-
-
-def _is_json(text: str) -> bool:
-    try:
-        json.loads(text)
-        return True
-    except ValueError:
-        return False
 
 
 # --- rejects -----------------------------------------------------------------------

@@ -8,6 +8,7 @@ Reads the archive with ``sqlite3``, parses timestamps with ``re`` and
 from __future__ import annotations
 
 import json
+import math
 import re
 import sqlite3
 from dataclasses import dataclass
@@ -118,12 +119,43 @@ def media_hashes(embed: object) -> list[str]:
 
 
 def load_json(text: str | None) -> tuple[bool, object]:
+    """(valid, value): one RFC 8259 document whose numbers fit a double, whose
+    strings are valid Unicode and which nests at most 127 levels (the export's rule)."""
     if text is None:
         return False, None
+
+    def no_constant(name: str) -> object:
+        raise ValueError(name)  # NaN, Infinity: not JSON
+
     try:
-        return True, json.loads(text)
-    except ValueError:
+        value = json.loads(text, parse_constant=no_constant)
+    except (ValueError, RecursionError):
         return False, None
+    return (True, value) if _representable(value, 0) else (False, None)
+
+
+def _representable(v: object, depth: int) -> bool:
+    if isinstance(v, bool) or v is None:
+        return True
+    if isinstance(v, int | float):
+        try:
+            return math.isfinite(float(v))
+        except OverflowError:
+            return False
+    if isinstance(v, str):
+        return _unicode(v)
+    if isinstance(v, list):
+        return depth < 127 and all(_representable(x, depth + 1) for x in v)
+    assert isinstance(v, dict)
+    return depth < 127 and all(_unicode(k) and _representable(x, depth + 1) for k, x in v.items())
+
+
+def _unicode(s: str) -> bool:
+    try:
+        s.encode("utf-8")
+        return True
+    except UnicodeEncodeError:  # a lone surrogate escape
+        return False
 
 
 def expected_posts(db: str, *, did: str | None = None, since: int | None = None, until: int | None = None) -> Expected:

@@ -69,18 +69,18 @@ def check_export(out: Path, db: Path, formats: list[str], **filters: object) -> 
         assert by_path["posts.csv"]["records"] == len(exp.objects)
     if "json" in formats:
         text = (out / "posts.json").read_text(encoding="utf-8")
-        objs = json.loads(text)
+        objs = json.loads(text, parse_constant=_not_json)
         assert objs == exp.objects
-        assert [list(o) for o in objs] == [list(o) for o in exp.objects]  # key order
+        assert _strict(objs) == _strict(exp.objects)  # key order, and true is not 1
         lines = text.split("\n")
         assert lines[0] == ("[" if objs else "[]") and text.endswith("]\n")
     if "ndjson" in formats:
         text = (out / "posts.ndjson").read_text(encoding="utf-8")
         lines = text.split("\n")
         assert lines[-1] == ""
-        objs = [json.loads(line) for line in lines[:-1]]
+        objs = [json.loads(line, parse_constant=_not_json) for line in lines[:-1]]
         assert objs == exp.objects
-        assert [list(o) for o in objs] == [list(o) for o in exp.objects]
+        assert _strict(objs) == _strict(exp.objects)
     got_rejects = []
     if (out / "rejects.ndjson").exists():
         got_rejects = [json.loads(x) for x in (out / "rejects.ndjson").read_text().splitlines()]
@@ -88,6 +88,15 @@ def check_export(out: Path, db: Path, formats: list[str], **filters: object) -> 
         (r["key"], r["column"], r["value"]) for r in exp.rejects
     )
     assert manifest["reject_count"] == len(exp.rejects)
+
+
+def _strict(objs: list[dict]) -> list[str]:
+    """Objects as canonical text: equal only with the same keys in the same order and the same types."""
+    return [json.dumps(o, ensure_ascii=False) for o in objs]
+
+
+def _not_json(name: str) -> object:
+    raise AssertionError(f"export wrote {name}, which is not JSON")
 
 
 @pytest.mark.parametrize("name", list(FILTERS))

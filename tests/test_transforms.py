@@ -8,6 +8,7 @@ import polars as pl
 import pyarrow as pa
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from oracle import load_json
 from oracle import media_hashes as oracle_media_hashes
 
 from pipeline import transforms
@@ -50,43 +51,67 @@ def test_nested_json_comes_out_as_stored(items):
     stored = [json.dumps(v, indent=indent, ensure_ascii=ascii_) for v, indent, ascii_ in items]
     objs = _objects([{"uri": f"u{i}", "embed_data": s, "labels": None} for i, s in enumerate(stored)])
     assert [o["embed_data"] for o in objs] == [json.loads(s) for s in stored]
+    for s in stored:
+        line = transforms.json_batch(POSTS, transforms.typed(POSTS, _post_batch([{"uri": "u", "embed_data": s}])))
+        assert '"embed_data":' + _stored_as_line(s) + "," in line.column(0)[0].as_py()
     assert all("labels" not in o for o in objs)
 
 
-@settings(max_examples=100, deadline=None)
-@given(st.lists(texts, min_size=1, max_size=12))
+# Stored texts that are almost JSON: valid documents, cut, joined, wrapped or edited.
+_json_ish = st.one_of(
+    texts,
+    json_values.map(json.dumps),
+    st.tuples(json_values.map(json.dumps), st.integers(0, 40)).map(lambda t: t[0][: t[1]]),
+    st.tuples(json_values.map(json.dumps), json_values.map(json.dumps), st.sampled_from([", ", ',"uri":', "} {", "\n"]))
+    .map(lambda t: t[0] + t[2] + t[1]),
+    st.sampled_from([
+        '{}, "uri": "x"', '1,"x":2', '{"a":"x\ny"}', "NaN", "[1, NaN]", "Infinity", "1e400", "-1e400",
+        '"\\ud800"', '{"\\udc00": 1}', "\u00a0{}", "{}\u00a0", "\f1", "\r\n[1,\r\n2]\r\n", " null ", "nul",
+        "[" * 127 + "]" * 127, "[" * 128 + "]" * 128, '{"a":1,"a":2}', "9" * 400, "1} {", "01", "[1,]",
+    ]),
+)  # fmt: skip
+
+
+def _stored_as_line(text: str) -> str:
+    """What the export writes for a valid stored text: line breaks as spaces, JSON whitespace trimmed."""
+    return text.replace("\r", " ").replace("\n", " ").strip(" \t")
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_json_ish, min_size=1, max_size=12))
 def test_malformed_json_is_written_as_stored_string(values):
     rows = [{"uri": f"u{i}", "labels": v} for i, v in enumerate(values)]
     typed = transforms.typed(POSTS, _post_batch(rows))
-    objs = [json.loads(s) for s in transforms.json_batch(POSTS, typed).column(0).to_pylist()]
+    lines = transforms.json_batch(POSTS, typed).column(0).to_pylist()
     rejected = {r["key"] for r in transforms.rejects(POSTS, typed).to_pylist()}
     for i, v in enumerate(values):
-        try:
-            want = json.loads(v)
-            valid = True
-        except ValueError:
-            valid = False
-        if valid and not (isinstance(want, float) and want != want):
-            assert objs[i]["labels"] == want
+        valid, want = load_json(v)
+        obj = json.loads(lines[i], parse_constant=_no_constant)
+        if valid:
+            assert obj["labels"] == want
+            assert '"labels":' + _stored_as_line(v) + "," in lines[i]  # the stored text, not a re-encoding
             assert f"u{i}" not in rejected
-        elif not valid:
-            assert objs[i]["labels"] == v
+        else:
+            assert obj["labels"] == v
             assert f"u{i}" in rejected
 
 
+def _no_constant(name: str) -> object:
+    raise AssertionError(f"export wrote {name}, which is not JSON")
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_json_ish, min_size=1, max_size=20))
+def test_valid_json_agrees_with_oracle(values):
+    got = transforms.valid_json(pl.Series(values, dtype=pl.String)).to_list()
+    assert got == [_stored_as_line(v) if load_json(v)[0] else None for v in values]
+
+
 def test_validation_resumes_after_each_bad_value():
-    values = ['{"a": 1}', "{bad", "[1, 2]", "", "nul", '"ok"', '1} {"v": 2', "{}"]
+    values = ['{"a": 1}', "{bad", "[1, 2]", "", "nul", '"ok"', '1} {"v": 2', "{}", '{}, "uri": "x"', "null"]
     got = transforms.valid_json(pl.Series(values)).to_list()
-    want = [v if _is_json(v) else None for v in values]
-    assert got == want
-
-
-def _is_json(v: str) -> bool:
-    try:
-        json.loads(v)
-        return True
-    except ValueError:
-        return False
+    assert got == ['{"a": 1}', None, "[1, 2]", None, None, '"ok"', None, "{}", None, "null"]
+    assert got == [v if load_json(v)[0] else None for v in values]
 
 
 @settings(max_examples=150, deadline=None)
@@ -183,6 +208,7 @@ def test_outputs_do_not_depend_on_where_batches_are_cut(fixture_archive, cuts):
     many = [transforms.transform(POSTS, p, formats) for p in pieces if p.num_rows]
     assert pa.Table.from_batches([m.csv for m in many]).to_pylist() == pa.Table.from_batches([one.csv]).to_pylist()
     assert [x for m in many for x in m.json.column(0).to_pylist()] == one.json.column(0).to_pylist()
+
     def rejects(o):
         return o.rejects.drop_columns(["_row", "_col"]).to_pylist()
 
