@@ -126,6 +126,8 @@ def export_command(
         typer.echo(f"pipeline: unexpected error: {type(e).__name__}: {e} (run with --debug for details)", err=True)
         raise typer.Exit(1) from None
     elapsed = time.monotonic() - started
+    for warning in result.warnings:
+        typer.echo(f"pipeline: warning: {warning}", err=True)
     total = sum(result.records.values())
     files = ", ".join(f.path for f in result.files)
     rejects = f", {result.rejects:,} rejected value(s) in rejects.ndjson" if result.rejects else ""

@@ -47,6 +47,7 @@ class ExportResult:
     files: list[FileResult]
     rejects: int
     manifest: dict[str, object] = field(repr=False)
+    warnings: list[str] = field(default_factory=list)  # cleanup after publishing that did not work
 
 
 def _iso(micros: int | None) -> str | None:
@@ -108,7 +109,7 @@ def export(
                 "reject_count": rejects,
             }
             staging.write_manifest(manifest)
-            staging.publish()
+            warnings = staging.publish()
         except BaseException as e:
             staging.discard()
             if isinstance(e, OSError):
@@ -116,7 +117,7 @@ def export(
                     f"writing the export failed: {e.strerror or e} ({e.filename or staging.path})"
                 ) from None
             raise
-    return ExportResult(staging.out, records, files, rejects, manifest)
+    return ExportResult(staging.out, records, files, rejects, manifest, warnings)
 
 
 def _write_all(
@@ -306,6 +307,10 @@ def prefetch(items: Iterable[T], depth: int) -> Generator[T, None, None]:
             q.put(("done", None))
         except BaseException as e:  # handed to the consumer, raised there
             q.put(("error", e))
+        finally:
+            close = getattr(items, "close", None)
+            if close is not None:  # a generator's cleanup runs here, in its own thread
+                close()
 
     thread = threading.Thread(target=produce, name="reader", daemon=True)
     thread.start()
@@ -320,7 +325,15 @@ def prefetch(items: Iterable[T], depth: int) -> Generator[T, None, None]:
                 return
     finally:
         stop.set()
-        while thread.is_alive():  # drain so a blocked producer can see the stop flag
-            with contextlib.suppress(queue.Empty):
-                q.get(timeout=0.1)
-        thread.join()
+        # Drain so a blocked producer sees the stop flag, and wait for it: the
+        # caller closes what it reads from. A second interrupt meanwhile is
+        # raised only once the thread is gone.
+        pending: BaseException | None = None
+        while thread.is_alive():
+            try:
+                with contextlib.suppress(queue.Empty):
+                    q.get(timeout=0.1)
+            except BaseException as e:
+                pending = pending or e
+        if pending is not None:
+            raise pending

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,27 +29,28 @@ UNPLACED = 2**63 - 1
 
 @dataclass(frozen=True)
 class Plan:
-    """Bucket boundaries, in whole seconds of ``_ninst`` (``ceil(ninst / 1e6)``), ascending."""
+    """Bucket boundaries: the first ``_ninst`` of each bucket after the first, ascending."""
 
     bounds: tuple[int, ...] = ()
 
     @classmethod
-    def from_counts(cls, seconds: pl.Series, counts: pl.Series, rows_per_bucket: int) -> Plan:
+    def from_counts(cls, keys: pl.Series, counts: pl.Series, rows_per_bucket: int) -> Plan:
         """Cut where the running row count crosses a multiple of ``rows_per_bucket``.
 
-        ``seconds`` ascending (in ``_ninst`` order), ``counts`` the rows in each.
+        ``keys`` ascending ``_ninst`` values, ``counts`` the rows with each. Rows
+        with one ``_ninst`` are never split, so a bucket exceeds the size only
+        when that many rows share an instant (or, all with UNPLACED, have none).
         """
-        if len(seconds) == 0:
+        if len(keys) == 0:
             return cls()
         bucket = (counts.cum_sum() - counts) // max(rows_per_bucket, 1)
         starts = bucket != bucket.shift(1, fill_value=0)
-        return cls(tuple(seconds.filter(starts).to_list()))
+        return cls(tuple(keys.filter(starts).to_list()))
 
 
-def _bucket_of(ninst: pl.Series, bounds: pl.Series) -> pl.Series:
-    # -floor(instant_s) is ceil(ninst / 1e6); integer ceil without floats.
-    seconds = -((-ninst) // 1_000_000)
-    return bounds.search_sorted(seconds, side="right")
+# At most this many bucket files are open for writing at once; a bucket whose
+# writer was closed to make room gets another part file when it next has rows.
+MAX_OPEN = 64
 
 
 class BucketSorter:
@@ -60,7 +62,8 @@ class BucketSorter:
         self._parent = spill_dir
         self._folder: Path | None = None
         self._memory: list[pa.Table] = []  # one bucket only: no spill
-        self._writers: dict[int, ipc.RecordBatchStreamWriter] = {}
+        self._writers: OrderedDict[int, ipc.RecordBatchStreamWriter] = OrderedDict()  # least recent first
+        self._parts: dict[int, list[Path]] = {}
 
     def __enter__(self) -> BucketSorter:
         return self
@@ -76,20 +79,32 @@ class BucketSorter:
             return
         if self._folder is None:
             self._folder = Path(tempfile.mkdtemp(prefix=".spill-", dir=self._parent))
-        ids = _bucket_of(pl.from_arrow(table.column(NINST)), self._bounds)  # type: ignore[arg-type]
+        ninst = pl.from_arrow(table.column(NINST))
+        ids = self._bounds.search_sorted(ninst, side="right")  # type: ignore[arg-type]
         order = ids.arg_sort()
         grouped = table.take(order.to_arrow())
         runs = ids.gather(order).rle()
         start = 0
         for bucket, n in zip(runs.struct.field("value"), runs.struct.field("len"), strict=True):
-            w = self._writers.get(bucket)
-            if w is None:
-                w = self._writers[bucket] = ipc.new_stream(str(self._folder / f"{bucket}.arrow"), table.schema)
-            w.write_table(grouped.slice(start, n))
+            self._writer(bucket, table.schema).write_table(grouped.slice(start, n))
             start += n
 
+    def _writer(self, bucket: int, schema: pa.Schema) -> ipc.RecordBatchStreamWriter:
+        w = self._writers.get(bucket)
+        if w is not None:
+            self._writers.move_to_end(bucket)
+            return w
+        if len(self._writers) >= MAX_OPEN:
+            _, oldest = self._writers.popitem(last=False)
+            oldest.close()
+        parts = self._parts.setdefault(bucket, [])
+        path = self._folder / f"{bucket}.{len(parts)}.arrow"  # type: ignore[operator]
+        parts.append(path)
+        w = self._writers[bucket] = ipc.new_stream(str(path), schema)
+        return w
+
     def sorted(self) -> Iterator[pa.Table]:
-        """Each bucket's rows sorted, buckets in order; a bucket's file is gone once read."""
+        """Each bucket's rows sorted, buckets in order; a bucket's files are gone once read."""
         if self._memory:
             table = self._sort(pa.concat_tables(self._memory))
             self._memory = []
@@ -97,14 +112,16 @@ class BucketSorter:
             return
         for w in self._writers.values():
             w.close()
-        buckets = sorted(self._writers)
-        self._writers = {}
-        assert self._folder is not None or not buckets
-        for bucket in buckets:
-            path = self._folder / f"{bucket}.arrow"  # type: ignore[operator]
-            with pa.OSFile(str(path)) as f, ipc.open_stream(f) as reader:
-                table = self._sort(reader.read_all())
-            path.unlink()
+        self._writers.clear()
+        parts, self._parts = self._parts, {}
+        for bucket in sorted(parts):
+            tables = []
+            for path in parts[bucket]:
+                with pa.OSFile(str(path)) as f, ipc.open_stream(f) as reader:
+                    tables.append(reader.read_all())
+                path.unlink()
+            table = self._sort(pa.concat_tables(tables))
+            del tables
             yield table
             del table
 
@@ -114,7 +131,8 @@ class BucketSorter:
     def close(self) -> None:
         for w in self._writers.values():
             w.close()
-        self._writers = {}
+        self._writers.clear()
+        self._parts = {}
         self._memory = []
         if self._folder is not None:
             shutil.rmtree(self._folder, ignore_errors=True)

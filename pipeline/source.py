@@ -211,10 +211,9 @@ class Archive:
 class RecordSource:
     """Iterable of ``pa.RecordBatch`` in export order, one fixed schema (every column a string).
 
-    A key pass runs on construction: one SQL aggregate over the time column
-    (SQLite answers it from the ``created_at`` index) counts rows per second to
-    plan the sort's buckets and give ``total``. The count is by SQLite's reading
-    of each timestamp; once the rows have been read, ``total`` is exact.
+    A key pass runs on construction: the time column alone is streamed (SQLite
+    reads it from the ``created_at`` index) and parsed, and the rows per
+    instant plan the sort's buckets and give ``total``, exact from the start.
     """
 
     def __init__(
@@ -224,7 +223,7 @@ class RecordSource:
         filters: Filters,
         batch_size: int,
         spill_dir: str | os.PathLike[str] | None = None,
-        bucket_bytes: int = BUCKET_BYTES,
+        bucket_bytes: int | None = None,
         reads: Reads | None = None,
     ):
         if batch_size < 1:
@@ -242,7 +241,7 @@ class RecordSource:
         try:
             # One read transaction for both passes: they see the same rows.
             self._conn.set_autocommit(False)
-            self.total, self.plan = self._plan(bucket_bytes)
+            self.total, self.plan = self._plan(BUCKET_BYTES if bucket_bytes is None else bucket_bytes)
         except adbc.Error as e:
             self.close()
             raise ExportError(f"reading the archive failed: {_adbc_message(e)}", record_type=rtype.name) from None
@@ -264,30 +263,54 @@ class RecordSource:
             ) from None
 
     def _plan(self, bucket_bytes: int) -> tuple[int, Plan]:
-        """Rows per second of ``time`` (as SQLite reads it), cut into buckets of ~bucket_bytes.
+        """Rows per instant (``_ninst``) of the rows the filters keep, cut into buckets of ~bucket_bytes.
 
-        SQLite computes each row's second from the time column's index alone;
-        counting them is Polars' job (a GROUP BY in SQLite would sort them again).
+        The time column is streamed as text (SQLite reads it from its index)
+        and parsed by the same code as the pages, so the plan and ``total`` are
+        exact whatever the spelling; counting is Polars' job (a GROUP BY in
+        SQLite would sort the rows again).
         """
         r, f = self.rtype, self.filters
-        t = f"CASE WHEN typeof(p.{_quote(r.time)}) = 'text' THEN p.{_quote(r.time)} END"
         where, params = "", []
         if f.did is not None:
             where, params = " WHERE p.did = ?", [pa.array([f.did], pa.string())]
-        sql = f"SELECT -unixepoch({t}) AS k FROM main.{_quote(r.table)} AS p{where}"
-        k = _frame(self._query_table(sql, params, PLAN_ROWS, "planning")).get_column("k").cast(pl.Int64)
-        if f.since is not None or f.until is not None:  # rows with no instant are left out then
-            keep = k.is_not_null()
-            if f.until is not None:
-                keep &= k >= -(f.until // 1_000_000)
-            if f.since is not None:
-                keep &= k <= -(f.since // 1_000_000)
-            k = k.filter(keep)
-        counts = k.drop_nulls().value_counts(sort=False, name="n").sort("k")
+        sql = f"SELECT CAST(p.{_quote(r.time)} AS TEXT) AS t FROM main.{_quote(r.table)} AS p{where}"
+        counts = []
+        try:
+            batch = pa.record_batch(params, names=["p0"]) if params else None
+            for chunk in _query(self._conn, sql, batch, PLAN_ROWS):
+                keep, ninst = self._placed(parse_instants(pl.from_arrow(chunk.column(0))))  # type: ignore[arg-type]
+                counts.append(ninst.filter(keep).rename("k").value_counts(sort=False, name="n"))
+        except adbc.Error as e:
+            raise ExportError(
+                f"reading the archive failed: {_adbc_message(e)}", record_type=r.name, key_range="planning"
+            ) from None
+        if not counts:
+            return 0, Plan()
+        per_key = pl.concat(counts).group_by("k").agg(pl.col("n").sum()).sort("k")
+        total = int(per_key.get_column("n").sum())
         all_rows = self._query_table(f"SELECT count(*) FROM main.{_quote(r.table)}", [], None, "planning")
         avg_bytes = max(64, self._archive_bytes // max(1, all_rows.column(0)[0].as_py()))
-        plan = Plan.from_counts(counts.get_column("k"), counts.get_column("n"), max(1, bucket_bytes // avg_bytes))
-        return len(k), plan
+        plan = Plan.from_counts(per_key.get_column("k"), per_key.get_column("n"), max(1, bucket_bytes // avg_bytes))
+        return total, plan
+
+    def _placed(self, inst: pl.Series) -> tuple[pl.Series, pl.Series]:
+        """(which rows the time filters keep, their ``_ninst``) for parsed instants.
+
+        Without a time filter every row is kept, those without an instant last
+        (UNPLACED); with one, only rows whose instant is in range.
+        """
+        f = self.filters
+        if f.since is None and f.until is None:
+            keep = pl.select(pl.repeat(True, len(inst), dtype=pl.Boolean)).to_series()
+        else:
+            keep = inst.is_not_null()
+            if f.since is not None:
+                keep &= inst >= f.since
+            if f.until is not None:
+                keep &= inst <= f.until
+            keep = keep.fill_null(False)
+        return keep, (-inst).fill_null(UNPLACED)
 
     def pages(self) -> Iterator[pa.Table]:
         """The filtered rows in table order, in pages of at least ``PAGE_ROWS``, with ``_ninst``.
@@ -318,19 +341,12 @@ class RecordSource:
             page = page.cast(schema)
             after = page.column("_rid")[-1].as_py()
             inst = parse_instants(_frame(page.select([r.time])).to_series())
-            keep = inst.is_not_null()
-            if f.since is not None:
-                keep &= inst >= f.since
-            if f.until is not None:
-                keep &= inst <= f.until
+            keep, ninst = self._placed(inst)
             if timed:
                 dropped = inst.is_null()
                 if dropped.any():
                     self.unplaced.keys.extend(pl.from_arrow(page.column(r.key)).filter(dropped).to_list())  # type: ignore[union-attr]
                     self.unplaced.values.extend(pl.from_arrow(page.column(r.time)).filter(dropped).to_list())  # type: ignore[union-attr]
-            else:
-                keep |= inst.is_null()
-            ninst = (-inst).fill_null(UNPLACED)
             table = page.drop_columns(["_rid"]).append_column(NINST, ninst.to_arrow())
             if not keep.all():
                 table = table.filter(keep.to_arrow())

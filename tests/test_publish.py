@@ -115,3 +115,91 @@ def test_new_export_replaces_earlier(tmp_path, fixture_archive, earlier_export):
     names = {p.name for p in earlier_export.iterdir()}
     assert "posts.ndjson" in names and "posts.csv" not in names
     assert not list(tmp_path.glob(".out.*"))
+
+
+def test_symlinked_out_gets_the_export(tmp_path, fixture_archive, earlier_export):
+    link = tmp_path / "latest"
+    link.symlink_to(earlier_export, target_is_directory=True)
+    result = pipeline.export(fixture_archive, link, formats=["ndjson"])
+    assert link.is_symlink() and link.resolve() == earlier_export
+    assert {"manifest.json", "posts.ndjson"} <= {p.name for p in earlier_export.iterdir()}
+    assert not (earlier_export / "posts.csv").exists()
+    assert result.out == earlier_export and result.warnings == []
+    assert _staging(earlier_export) == [] and list(tmp_path.glob(".*")) == []
+
+
+def test_fallback_rename_puts_earlier_export_back(tmp_path, fixture_archive, earlier_export, monkeypatch):
+    """Where the folders cannot be swapped atomically, a failed second rename restores OUT."""
+    from pipeline import publish
+
+    before = _snapshot(earlier_export)
+    monkeypatch.setattr(publish, "_exchange", lambda a, b: False)
+    real_rename = os.rename
+
+    def failing_rename(src, dst):
+        if ".staging-" in str(src):
+            raise OSError(28, "No space left on device", str(dst))
+        real_rename(src, dst)
+
+    monkeypatch.setattr(publish.os, "rename", failing_rename)
+    with pytest.raises(pipeline.ExportError, match="No space left on device"):
+        pipeline.export(fixture_archive, earlier_export, formats=["csv", "json"])
+    assert _snapshot(earlier_export) == before
+    assert list(tmp_path.glob(".*")) == []
+
+
+def test_cleanup_failure_after_publishing_is_a_warning(tmp_path, fixture_archive, earlier_export, monkeypatch):
+    from pipeline import publish
+
+    real_rmtree = publish.shutil.rmtree
+
+    def failing_rmtree(path, *args, **kwargs):
+        if kwargs.get("ignore_errors"):
+            return real_rmtree(path, *args, **kwargs)
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(publish.shutil, "rmtree", failing_rmtree)
+    result = pipeline.export(fixture_archive, earlier_export, formats=["ndjson"])
+    assert not (earlier_export / "posts.csv").exists() and (earlier_export / "posts.ndjson").exists()
+    assert len(result.warnings) == 1 and "could not remove the earlier export" in result.warnings[0]
+    leftover = Path(result.warnings[0].rsplit("now at ", 1)[1].split(":")[0])
+    assert (leftover / "posts.csv").exists()  # the earlier export, named in the warning
+
+
+def test_earlier_export_moved_aside_by_a_killed_run_is_restored(tmp_path, fixture_archive, earlier_export):
+    before = _snapshot(earlier_export)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    aside = tmp_path / f".out.old-{int(dead.stdout)}"
+    earlier_export.rename(aside)  # killed between the two renames of the fallback
+    with pytest.raises(pipeline.UsageError):
+        pipeline.export(fixture_archive, earlier_export, since="2024-02-01", until="2024-01-01")
+    pipeline.export(fixture_archive, tmp_path / "out", formats=["csv"], did="did:plc:nobody", batch_size=5)
+    assert _snapshot(earlier_export) == before and not aside.exists()
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads any folder")
+def test_unreadable_out_is_an_output_error(tmp_path, fixture_archive):
+    out = tmp_path / "locked"
+    out.mkdir()
+    (out / "x").write_text("x")
+    out.chmod(0)
+    try:
+        proc = run_cli("run", "export", fixture_archive, "--out", out)
+    finally:
+        out.chmod(0o755)
+    assert proc.returncode == 4 and "cannot read output folder" in proc.stderr, proc.stderr
+
+
+def test_unreadable_out_maps_to_output_error(tmp_path, fixture_archive, earlier_export, monkeypatch):
+    """The same as above where the tests run as root: reading OUT fails with EACCES."""
+    real_iterdir = Path.iterdir
+
+    def iterdir(self):
+        if self == earlier_export:
+            raise PermissionError(13, "Permission denied", str(self))
+        return real_iterdir(self)
+
+    monkeypatch.setattr(Path, "iterdir", iterdir)
+    with pytest.raises(pipeline.OutputError, match="cannot read output folder .*Permission denied") as e:
+        pipeline.export(fixture_archive, earlier_export)
+    assert e.value.exit_code == 4

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta, timezone
+
 import pyarrow as pa
 import pytest
 from oracle import expected_posts, instant
@@ -94,3 +96,41 @@ def test_parse_bound(text, end_of_day, want):
 def test_parse_bound_rejects(text):
     with pytest.raises(UsageError, match="--since: cannot read"):
         parse_bound(text, end_of_day=False, option="--since")
+
+
+def test_plan_reads_every_spelling(fixture_archive, tmp_path):
+    """Spellings SQLite's date functions cannot read (lower-case t/z, +HHMM) still spread over
+    many buckets: the plan parses times as the pages do, so no bucket holds the whole table."""
+    import shutil
+    import sqlite3
+
+    db = tmp_path / "spelled.db"
+    shutil.copy(fixture_archive, db)
+    con = sqlite3.connect(db)
+    rows = con.execute("SELECT rowid, created_at FROM posts").fetchall()
+    respelled = []
+    for rowid, text in rows:
+        micros = instant(text)
+        if micros is not None:
+            dt = datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=micros)
+            text = dt.astimezone(timezone(timedelta(hours=5, minutes=30))).strftime("%Y-%m-%dt%H:%M:%S.%f%z")
+        respelled.append((text, rowid))
+    con.executemany("UPDATE posts SET created_at = ? WHERE rowid = ?", respelled)
+    con.commit()
+    assert con.execute("SELECT count(unixepoch(created_at)) FROM posts").fetchone()[0] < 5  # SQLite reads ~none
+    con.close()
+
+    with Archive(db) as archive:
+        source = RecordSource(archive, POSTS, Filters(), 100, bucket_bytes=200_000)
+        want = [o["uri"] for o in expected_posts(str(db)).objects]
+        assert source.total == len(want)
+        rows_per_bucket = 200_000 // (db.stat().st_size // len(rows))
+        assert len(source.plan.bounds) >= len(want) // rows_per_bucket - 1 > 5
+        with source.sorter() as sorter:
+            for page in source.pages():
+                sorter.add(page)
+            sizes = [t.num_rows for t in sorter.sorted()]
+        assert max(sizes) <= 2 * rows_per_bucket and sum(sizes) == len(want)
+        source.close()
+    batches, _ = _read(db, batch_size=100, bucket_bytes=200_000)
+    assert [u for b in batches for u in b.column("uri").to_pylist()] == want
