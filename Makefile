@@ -19,6 +19,7 @@ demo: $(VENV)/.installed
 
 test: $(VENV)/.installed
 	$(BIN)/ruff check pipeline cli.py tests benchmarks data/fixtures
+	$(BIN)/ruff format --check pipeline cli.py tests benchmarks data/fixtures
 	$(BIN)/python -m pytest
 
 bench: $(VENV)/.installed

@@ -418,12 +418,6 @@ def key_range(batch: pa.RecordBatch) -> str:
     return f"{first} … {last}"
 
 
-def _frame(table: pa.Table | pa.RecordBatch) -> pl.DataFrame:
-    df = pl.from_arrow(table)
-    assert isinstance(df, pl.DataFrame)
-    return df
-
-
 def describe_key(key: tuple[int, str]) -> str:
     """A key as a user reads it: the key value and its instant."""
     from .timestamps import format_micros
