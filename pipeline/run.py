@@ -146,8 +146,15 @@ def _write_all(
     try:
         with source.sorter([NINST, KEY]) as rows, source.sorter([NINST, KEY, "_col"]) as bad:
             for n, (rows_out, bad_out) in _convert_all(rtype, pages, wanted):
-                rows.add(rows_out)
-                bad.add(bad_out)
+                try:
+                    rows.add(rows_out)
+                    bad.add(bad_out)
+                except OSError as e:
+                    raise ExportError(
+                        f"writing sort spill files failed: {e.strerror or e}",
+                        record_type=rtype.name,
+                        key_range=_page_range(rows_out, KEY),
+                    ) from None
                 progress.advance(n)
             pages.close()
             progress.set_total(source.total)
@@ -160,6 +167,12 @@ def _write_all(
                     for chunk in table.to_batches(max_chunksize=WRITE_ROWS):
                         _write(sinks, formats, chunk, rtype)
                         progress.advance(chunk.num_rows)
+            except OSError as e:  # reading a bucket back (the sinks' errors are ExportErrors)
+                raise ExportError(
+                    f"reading sort spill files failed: {e.strerror or e}",
+                    record_type=rtype.name,
+                    key_range=rows.span(rows.reading),
+                ) from None
             finally:
                 ordered.close()
             for table in bad.sorted():
@@ -221,7 +234,7 @@ def _convert(rtype: RecordType, page: pa.Table, formats: frozenset[str]) -> tupl
         raise
     except Exception as e:
         raise ExportError(
-            f"converting rows failed: {e}", record_type=rtype.name, key_range=_page_range(rtype, page)
+            f"converting rows failed: {e}", record_type=rtype.name, key_range=_page_range(page, rtype.key)
         ) from e
     ninst = page.column(NINST)
     cols, names = [ninst, page.column(rtype.key)], [NINST, KEY]
@@ -237,8 +250,8 @@ def _convert(rtype: RecordType, page: pa.Table, formats: frozenset[str]) -> tupl
     return converted, bad
 
 
-def _page_range(rtype: RecordType, page: pa.Table) -> str:
-    keys = page.column(rtype.key)
+def _page_range(page: pa.Table, key: str) -> str:
+    keys = page.column(key)
     return f"rows {keys[0].as_py()} … {keys[-1].as_py()} in table order" if page.num_rows else "empty page"
 
 

@@ -9,6 +9,7 @@ it and yields it. Memory holds one bucket; work is O(n log n).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
@@ -21,6 +22,8 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.ipc as ipc
+
+from .timestamps import format_micros
 
 NINST = "_ninst"
 # Sorts after every real instant: rows whose time does not parse come last.
@@ -64,6 +67,7 @@ class BucketSorter:
         self._memory: list[pa.Table] = []  # one bucket only: no spill
         self._writers: OrderedDict[int, ipc.RecordBatchStreamWriter] = OrderedDict()  # least recent first
         self._parts: dict[int, list[Path]] = {}
+        self.reading: int | None = None  # the bucket being read back, for messages
 
     def __enter__(self) -> BucketSorter:
         return self
@@ -115,6 +119,7 @@ class BucketSorter:
         self._writers.clear()
         parts, self._parts = self._parts, {}
         for bucket in sorted(parts):
+            self.reading = bucket
             tables = []
             for path in parts[bucket]:
                 with pa.OSFile(str(path)) as f, ipc.open_stream(f) as reader:
@@ -125,12 +130,28 @@ class BucketSorter:
             yield table
             del table
 
+    def span(self, bucket: int | None) -> str:
+        """The instants a bucket holds, for messages (newest first, as exported)."""
+        if bucket is None:
+            return "every bucket"
+        newer = -self._bounds[bucket - 1] if bucket > 0 else None
+        older = -self._bounds[bucket] if bucket < len(self._bounds) else None
+        if older == -UNPLACED:
+            older = None
+        fmt = format_micros
+        return (
+            f"rows created {'up to ' + fmt(newer) if newer is not None else 'last'}"
+            f"{', after ' + fmt(older) if older is not None else ''}"
+        )
+
     def _sort(self, table: pa.Table) -> pa.Table:
         return table.take(pc.sort_indices(table, sort_keys=self._order)).combine_chunks()
 
     def close(self) -> None:
+        """Remove every spill file; errors closing writers are ignored (the files go too)."""
         for w in self._writers.values():
-            w.close()
+            with contextlib.suppress(OSError):
+                w.close()
         self._writers.clear()
         self._parts = {}
         self._memory = []

@@ -39,7 +39,7 @@ from .timestamps import parse_instants
 _SQLITE_MAGIC = b"SQLite format 3\x00"
 PLAN_ROWS = 65_536
 PAGE_ROWS = 16_384
-BUCKET_BYTES = 32 * 2**20
+BUCKET_BYTES = 16 * 2**20
 
 
 @dataclass(frozen=True)

@@ -203,3 +203,23 @@ def test_unreadable_out_maps_to_output_error(tmp_path, fixture_archive, earlier_
     with pytest.raises(pipeline.OutputError, match="cannot read output folder .*Permission denied") as e:
         pipeline.export(fixture_archive, earlier_export)
     assert e.value.exit_code == 4
+
+
+def test_spill_read_error_names_the_bucket(tmp_path, fixture_archive, earlier_export, monkeypatch):
+    from pipeline import sort, source
+
+    before = _snapshot(earlier_export)
+    monkeypatch.setattr(source, "BUCKET_BYTES", 100_000)
+    calls = []
+    real_open = sort.ipc.open_stream
+
+    def flaky_open(f):
+        calls.append(f)
+        if len(calls) == 3:
+            raise OSError(5, "Input/output error")
+        return real_open(f)
+
+    monkeypatch.setattr(sort.ipc, "open_stream", flaky_open)
+    with pytest.raises(pipeline.ExportError, match=r"Input/output error \(posts, batch rows created up to \d{4}-"):
+        pipeline.export(fixture_archive, earlier_export, formats=["csv"])
+    assert _snapshot(earlier_export) == before and list(tmp_path.glob(".*")) == []
