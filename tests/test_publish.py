@@ -74,15 +74,23 @@ def _start_slow_export(archive: Path, out: Path) -> subprocess.Popen:
     )  # fmt: skip
 
 
-def _wait_for_data(out: Path, proc: subprocess.Popen) -> None:
+def _wait_for_data(out: Path, proc: subprocess.Popen, phase: str = "writing") -> None:
+    """Until the export is converting (rows spilled to sort buckets, no output file yet)
+    or writing (an output file past 50 kB)."""
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         staged = _staging(out)
-        if staged and any(p.stat().st_size > 50_000 for p in staged[0].iterdir()):
-            return
+        if staged:
+            files = [p for p in staged[0].rglob("*") if p.is_file()]
+            spilled = [p for p in files if ".spill-" in str(p) and p.stat().st_size > 0]
+            written = [p for p in files if p.parent == staged[0] and p.stat().st_size > 50_000]
+            if phase == "converting" and spilled and not (staged[0] / "posts.csv").exists():
+                return
+            if phase == "writing" and written:
+                return
         assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
-        time.sleep(0.05)
-    raise AssertionError("export never got going")
+        time.sleep(0.02)
+    raise AssertionError(f"export never got to {phase}")
 
 
 def test_sigkill_keeps_earlier_export(archive_20k, earlier_export):
@@ -97,11 +105,20 @@ def test_sigkill_keeps_earlier_export(archive_20k, earlier_export):
     assert _staging(earlier_export) == []
 
 
-@pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143), (signal.SIGHUP, 129)])
-def test_interrupt_cleans_up(archive_20k, earlier_export, sig, code):
+@pytest.mark.parametrize(
+    ("sig", "code", "phase"),
+    [
+        (signal.SIGINT, 130, "converting"),
+        (signal.SIGINT, 130, "writing"),
+        (signal.SIGTERM, 143, "converting"),
+        (signal.SIGTERM, 143, "writing"),
+        (signal.SIGHUP, 129, "writing"),
+    ],
+)
+def test_interrupt_cleans_up(archive_20k, earlier_export, sig, code, phase):
     before = _snapshot(earlier_export)
     proc = _start_slow_export(archive_20k, earlier_export)
-    _wait_for_data(earlier_export, proc)
+    _wait_for_data(earlier_export, proc, phase)
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == code, err
