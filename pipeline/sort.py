@@ -51,9 +51,25 @@ class Plan:
         return cls(tuple(keys.filter(starts).to_list()))
 
 
+def _max_open() -> int:
+    """Bucket files one sorter keeps open: a quarter of the descriptor limit, 8 to 256."""
+    try:
+        import resource
+
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    except (ImportError, OSError, ValueError):  # not POSIX
+        return 64
+    if soft == resource.RLIM_INFINITY:
+        return 256
+    return max(8, min(256, soft // 4))
+
+
 # At most this many bucket files are open for writing at once; a bucket whose
 # writer was closed to make room gets another part file when it next has rows.
-MAX_OPEN = 64
+# Rows arrive in table order, which need not follow time, so every page may
+# touch every bucket: with fewer writers than buckets, files are split into
+# many small parts (1M posts in 80 buckets took 6-7 s with 64, 5.7 s with 256).
+MAX_OPEN = _max_open()
 
 
 class BucketSorter:
