@@ -68,6 +68,9 @@ _json_ish = st.one_of(
         '{}, "uri": "x"', '1,"x":2', '{"a":"x\ny"}', "NaN", "[1, NaN]", "Infinity", "1e400", "-1e400",
         '"\\ud800"', '{"\\udc00": 1}', "\u00a0{}", "{}\u00a0", "\f1", "\r\n[1,\r\n2]\r\n", " null ", "nul",
         "[" * 127 + "]" * 127, "[" * 128 + "]" * 128, '{"a":1,"a":2}', "9" * 400, "1} {", "01", "[1,]",
+        '{"$type": "x", "a": NaN}', '{"$type": "x"} {}', '{"$type": 1e400}', '{"$type": null}',
+        '{"$type": "x"},"uri":1',
+        '{"$type": "x", "images": [{"fullsize": "https://x/y/abc@jpeg"}]}', '{"$type":"a\\ud800"}',
     ]),
 )  # fmt: skip
 
