@@ -214,9 +214,17 @@ def valid_json(s: pl.Series) -> pl.Series:
     find go on to ``$``.
     """
     ok = s.str.json_path_match("$['$type']").is_not_null()
-    if not ok.all():
-        ok |= s.str.json_path_match("$").is_not_null() | s.str.contains(r"^[ \t\r\n]*null[ \t\r\n]*$")
-    return s.set(~ok.fill_null(False), None).str.replace_all(r"[\r\n]", " ").str.strip_chars(" \t")
+    rest = (~ok & s.is_not_null()).arg_true()
+    if len(rest):
+        others = s.gather(rest)
+        valid = others.str.json_path_match("$").is_not_null() | others.str.contains(r"^[ \t\r\n]*null[ \t\r\n]*$")
+        ok = ok.scatter(rest, valid)
+    line = s.set(~ok, None)
+    broken = line.str.contains(r"[\r\n]").fill_null(False)
+    if broken.any():
+        idx = broken.arg_true()
+        line = line.scatter(idx, line.gather(idx).str.replace_all(r"[\r\n]", " "))
+    return line.str.strip_chars(" \t")
 
 
 _BLOCK_LINES = 512
