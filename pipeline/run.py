@@ -8,6 +8,7 @@ batches, which keeps memory bounded.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import queue
 import threading
@@ -144,7 +145,8 @@ def _write_all(
     progress.start(f"{rtype.name}: converting", source.total)
     pages = prefetch(source.pages(), _PREFETCH)
     try:
-        with source.sorter([NINST, KEY]) as rows, source.sorter([NINST, KEY, "_col"]) as bad:
+        key = _sort_key(rtype, wanted)
+        with source.sorter([NINST, key]) as rows, source.sorter([NINST, KEY, "_col"]) as bad:
             for n, (rows_out, bad_out) in _convert_all(rtype, pages, wanted):
                 try:
                     rows.add(rows_out)
@@ -153,7 +155,7 @@ def _write_all(
                     raise ExportError(
                         f"writing sort spill files failed: {e.strerror or e}",
                         record_type=rtype.name,
-                        key_range=_page_range(rows_out, KEY),
+                        key_range=_page_range(rows_out, key),
                     ) from None
                 progress.advance(n)
             pages.close()
@@ -165,7 +167,7 @@ def _write_all(
             try:
                 for table in ordered:
                     for chunk in table.to_batches(max_chunksize=WRITE_ROWS):
-                        _write(sinks, formats, chunk, rtype)
+                        _write(sinks, formats, chunk, rtype, key)
                         progress.advance(chunk.num_rows)
             except OSError as e:  # reading a bucket back (the sinks' errors are ExportErrors)
                 raise ExportError(
@@ -237,7 +239,10 @@ def _convert(rtype: RecordType, page: pa.Table, formats: frozenset[str]) -> tupl
             f"converting rows failed: {e}", record_type=rtype.name, key_range=_page_range(page, rtype.key)
         ) from e
     ninst = page.column(NINST)
-    cols, names = [ninst, page.column(rtype.key)], [NINST, KEY]
+    cols, names = [ninst], [NINST]
+    if _sort_key(rtype, formats) == KEY:
+        cols.append(page.column(rtype.key))
+        names.append(KEY)
     if out.csv is not None:
         cols += out.csv.columns
         names += [CSV_PREFIX + n for n in out.csv.schema.names]
@@ -250,12 +255,27 @@ def _convert(rtype: RecordType, page: pa.Table, formats: frozenset[str]) -> tupl
     return converted, bad
 
 
+@functools.cache
+def _sort_key(rtype: RecordType, formats: frozenset[str]) -> str:
+    """The column converted rows are sorted by after the instant: the key as stored.
+
+    A CSV export already carries it as a text column (nulls stay null, text as
+    stored), so it is not spilled twice (15% of a CSV export's spill).
+    """
+    if "csv" in formats:
+        text = {c.name for c in rtype.columns if c.kind == "text"}
+        for c in rtype.csv:
+            if c.source == rtype.key and c.source in text and c.null_as is None:
+                return CSV_PREFIX + c.header
+    return KEY
+
+
 def _page_range(page: pa.Table, key: str) -> str:
     keys = page.column(key)
     return f"rows {keys[0].as_py()} … {keys[-1].as_py()} in table order" if page.num_rows else "empty page"
 
 
-def _write(sinks: dict[str, Sink], formats: Sequence[str], chunk: pa.RecordBatch, rtype: RecordType) -> None:
+def _write(sinks: dict[str, Sink], formats: Sequence[str], chunk: pa.RecordBatch, rtype: RecordType, key: str) -> None:
     try:
         for fmt in formats:
             if fmt == "csv":
@@ -265,7 +285,7 @@ def _write(sinks: dict[str, Sink], formats: Sequence[str], chunk: pa.RecordBatch
                 part = chunk.select(["json"])
             sinks[fmt].write(part)
     except OSError as e:
-        span = key_range(chunk.replace_schema_metadata(range_metadata(chunk, KEY)))
+        span = key_range(chunk.replace_schema_metadata(range_metadata(chunk, key)))
         raise ExportError(
             f"writing the export failed: {e.strerror or e}", record_type=rtype.name, key_range=span
         ) from None
