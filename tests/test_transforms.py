@@ -131,6 +131,7 @@ def test_validation_resumes_after_each_bad_value():
                                 "fullsize": st.from_regex(
                                     r"https://x/[a-z/]{0,8}[a-z0-9]{1,8}(@[a-z]{3,4})?", fullmatch=True
                                 )
+                                | st.text(alphabet="ab/@;\n.é", max_size=12)  # any text: '/', '@', ';', newlines
                             }
                         ),
                         max_size=3,
@@ -146,7 +147,11 @@ def test_validation_resumes_after_each_bad_value():
                         }
                     ),
                     "external": st.fixed_dictionaries(
-                        {}, optional={"thumb": st.from_regex(r"https://z/[a-z0-9]{1,8}@jpeg", fullmatch=True)}
+                        {},
+                        optional={
+                            "thumb": st.from_regex(r"https://z/[a-z0-9]{1,8}@jpeg", fullmatch=True)
+                            | st.text(alphabet="ab/@;\n", max_size=8)
+                        },
                     ),
                     "record": st.just({"record": {"embeds": [{"images": [{"fullsize": "https://q/NOT@png"}]}]}}),
                 },
