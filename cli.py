@@ -67,6 +67,15 @@ def export_command(
             "--format", "-f", help="Output format; repeat for several. [default: csv, json]", show_default=False
         ),
     ] = None,  # noqa: UP045
+    types: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--types",
+            "-t",
+            help="Record types, comma-separated: posts, likes, follows. [default: every type the archive has]",
+            show_default=False,
+        ),
+    ] = None,  # noqa: UP045
     did: Annotated[Optional[str], typer.Option(help="Only records of this DID (exact match).")] = None,  # noqa: UP045
     since: Annotated[
         str | None,
@@ -80,7 +89,7 @@ def export_command(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")] = False,
     debug: Annotated[bool, typer.Option("--debug", help="Show the traceback of an error.")] = False,
 ) -> None:
-    """Export an archive's posts to CSV, JSON and/or NDJSON, in bounded memory.
+    """Export an archive's posts, likes and follows to CSV, JSON and/or NDJSON, in bounded memory.
 
     Files are written to a staging folder and published into OUT only when all
     are complete, with a manifest.json (counts, sizes, SHA-256).
@@ -91,7 +100,7 @@ def export_command(
 
     Example:
 
-        pipeline run export archive.db -o exports/mine -f csv -f ndjson --since 2024-01-01
+        pipeline run export archive.db -o exports/mine -f csv -f ndjson --types posts,likes --since 2024-01-01
     """
     from pipeline import PipelineError, export
     from pipeline.progress import for_terminal
@@ -104,6 +113,7 @@ def export_command(
             archive,
             out,
             formats=[f.value for f in formats] if formats else ("csv", "json"),
+            types=types,
             did=did,
             since=since,
             until=until,
@@ -126,6 +136,8 @@ def export_command(
         typer.echo(f"pipeline: unexpected error: {type(e).__name__}: {e} (run with --debug for details)", err=True)
         raise typer.Exit(1) from None
     elapsed = time.monotonic() - started
+    for notice in result.notices:
+        typer.echo(f"pipeline: note: {notice}", err=True)
     for warning in result.warnings:
         typer.echo(f"pipeline: warning: {warning}", err=True)
     total = sum(result.records.values())

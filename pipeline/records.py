@@ -88,4 +88,53 @@ POSTS = RecordType(
     ),
 )
 
-RECORD_TYPES: dict[str, RecordType] = {r.name: r for r in (POSTS,)}
+LIKES = RecordType(
+    name="likes",
+    table="likes",
+    key="uri",
+    time="created_at",
+    columns=(
+        Column("uri"),
+        Column("cid"),
+        Column("did"),
+        Column("subject_uri"),
+        Column("subject_cid"),
+        Column("created_at", "timestamp"),
+        Column("indexed_at", "timestamp"),
+    ),
+    csv=(
+        CsvColumn("URI", "uri"),
+        CsvColumn("CID", "cid"),
+        CsvColumn("DID", "did"),
+        CsvColumn("SubjectURI", "subject_uri"),
+        CsvColumn("SubjectCID", "subject_cid"),
+        CsvColumn("CreatedAt", "created_at"),
+        CsvColumn("IndexedAt", "indexed_at"),
+    ),
+)
+
+FOLLOWS = RecordType(
+    name="follows",
+    table="follows",
+    key="uri",
+    time="created_at",
+    columns=(
+        Column("uri"),
+        Column("cid"),
+        Column("did"),
+        Column("subject_did"),
+        Column("created_at", "timestamp"),
+        Column("indexed_at", "timestamp"),
+    ),
+    csv=(
+        CsvColumn("URI", "uri"),
+        CsvColumn("CID", "cid"),
+        CsvColumn("DID", "did"),
+        CsvColumn("SubjectDID", "subject_did"),
+        CsvColumn("CreatedAt", "created_at"),
+        CsvColumn("IndexedAt", "indexed_at"),
+    ),
+)
+
+# In export order: the order files are written and listed in the manifest.
+RECORD_TYPES: dict[str, RecordType] = {r.name: r for r in (POSTS, LIKES, FOLLOWS)}

@@ -26,8 +26,8 @@ from . import __version__, transforms
 from .errors import ExportError, PipelineError, UsageError
 from .progress import Progress
 from .publish import TOOL, Staging
-from .records import POSTS, RecordType
-from .sinks import SINKS, FileResult, NdjsonSink, Sink
+from .records import RECORD_TYPES, RecordType
+from .sinks import SINKS, FileResult, NdjsonSink, Sink, concat_files
 from .sort import NINST
 from .source import Archive, Filters, Reads, RecordSource, key_range, range_metadata
 
@@ -49,6 +49,7 @@ class ExportResult:
     rejects: int
     manifest: dict[str, object] = field(repr=False)
     warnings: list[str] = field(default_factory=list)  # cleanup after publishing that did not work
+    notices: list[str] = field(default_factory=list)  # e.g. a record type skipped: its table is missing
 
 
 def _iso(micros: int | None) -> str | None:
@@ -69,13 +70,18 @@ def export(
     out: str | os.PathLike[str] | None = None,
     *,
     formats: Sequence[str] = DEFAULT_FORMATS,
+    types: Sequence[str] | None = None,
     did: str | None = None,
     since: str | datetime | None = None,
     until: str | datetime | None = None,
     batch_size: int = 1000,
     progress: Progress | None = None,
 ) -> ExportResult:
-    """Export an archive's posts to ``out`` in each of ``formats``; publish all or nothing.
+    """Export an archive's records to ``out`` in each of ``formats``; publish all or nothing.
+
+    ``types``: record type names (``RECORD_TYPES``); None means every type
+    whose table the archive has (the others are skipped with a notice); a
+    type asked for by name whose table is missing is an ArchiveError.
 
     Raises a PipelineError subclass (UsageError, ArchiveError, OutputError,
     ExportError) with a one-line message; nothing is written to ``out`` then.
@@ -86,6 +92,7 @@ def export(
         raise UsageError(f"unknown format(s): {', '.join(unknown) or '(none)'}; choose from {', '.join(FORMATS)}")
     if batch_size < 1:
         raise UsageError(f"--batch-size must be at least 1, not {batch_size}")
+    named = parse_types(types)
     filters = Filters.parse(did=did, since=since, until=until)
     lo, hi = filters.since, filters.until
     progress = progress or Progress()
@@ -93,10 +100,21 @@ def export(
     out_path = Path(out) if out is not None else default_out(archive_path)
 
     with Archive(archive_path) as db:
-        db.check(POSTS)
+        rtypes, notices = _chosen_types(db, named)
         staging = Staging(out_path)
         try:
-            files, records, rejects = _write_all(db, staging.path, POSTS, formats, filters, batch_size, progress)
+            files: list[FileResult] = []
+            records: dict[str, int] = {}
+            reject_parts: list[tuple[Path, int]] = []
+            for rtype in rtypes:
+                stream = _write_all(db, staging.path, rtype, formats, filters, batch_size, progress)
+                files += stream.files
+                records[rtype.name] = stream.records
+                if stream.rejects:
+                    reject_parts.append(stream.rejects)
+            rejects = sum(n for _, n in reject_parts)
+            if reject_parts:
+                files.append(concat_files(staging.path, REJECTS, reject_parts))
             manifest = {
                 "tool": TOOL,
                 "version": __version__,
@@ -104,6 +122,7 @@ def export(
                 "archive": {"path": str(archive_path.resolve()), "size_bytes": archive_path.stat().st_size},
                 "filters": {"did": did, "since": _iso(lo), "until": _iso(hi)},
                 "formats": list(formats),
+                "types": [r.name for r in rtypes],
                 "records": records,
                 "files": [asdict(f) for f in files],
                 "media_count": 0,
@@ -118,7 +137,55 @@ def export(
                     f"writing the export failed: {e.strerror or e} ({e.filename or staging.path})"
                 ) from None
             raise
-    return ExportResult(staging.out, records, files, rejects, manifest, warnings)
+    return ExportResult(staging.out, records, files, rejects, manifest, warnings, notices)
+
+
+REJECTS = "rejects.ndjson"
+
+
+def parse_types(types: Sequence[str] | str | None) -> list[str] | None:
+    """Record type names from ``--types`` (comma-separated, repeatable); None for all."""
+    if types is None:
+        return None
+    if isinstance(types, str):
+        types = [types]
+    names = list(dict.fromkeys(n.strip() for t in types for n in t.split(",") if n.strip()))
+    unknown = [n for n in names if n not in RECORD_TYPES]
+    if unknown or not names:
+        raise UsageError(
+            f"unknown record type(s): {', '.join(unknown) or '(none)'}; choose from {', '.join(RECORD_TYPES)}"
+        )
+    return names
+
+
+def _chosen_types(db: Archive, named: list[str] | None) -> tuple[list[RecordType], list[str]]:
+    """The types to export, in RECORD_TYPES order, and notices about skipped ones.
+
+    Without names, the ``posts`` table must be there (it is what makes the file
+    an archive); likes and follows are skipped with a notice where missing.
+    """
+    notices = []
+    chosen = []
+    if named is None:  # every archive has posts: a file without them is not an archive
+        db.check(RECORD_TYPES["posts"])
+    for name, rtype in RECORD_TYPES.items():
+        if named is not None and name not in named:
+            continue
+        if named is None and not db.has_table(rtype):
+            notices.append(f"the archive has no {rtype.table!r} table; {name} skipped")
+            continue
+        db.check(rtype)  # a named type's missing table, or a missing column: ArchiveError
+        chosen.append(rtype)
+    return chosen, notices
+
+
+@dataclass(frozen=True)
+class _Stream:
+    """What one record type's export wrote: data files, records, and its rejects (part file, count)."""
+
+    files: list[FileResult]
+    records: int
+    rejects: tuple[Path, int] | None
 
 
 def _write_all(
@@ -129,7 +196,7 @@ def _write_all(
     filters: Filters,
     batch_size: int,
     progress: Progress,
-) -> tuple[list[FileResult], dict[str, int], int]:
+) -> _Stream:
     """Convert while reading, sort what was converted, then write it in export order.
 
     The archive is read in table order by a reader thread while this thread
@@ -178,17 +245,19 @@ def _write_all(
             finally:
                 ordered.close()
             for table in bad.sorted():
-                reject_sink = reject_sink or NdjsonSink(folder, "rejects.ndjson")
+                reject_sink = reject_sink or NdjsonSink(folder, f".{rtype.name}.{REJECTS}")
                 reject_sink.write(_reject_lines(table.select(transforms.REJECT_SCHEMA.names)))
                 rejects += table.num_rows
         if source.unplaced.keys:
-            reject_sink = reject_sink or NdjsonSink(folder, "rejects.ndjson")
+            reject_sink = reject_sink or NdjsonSink(folder, f".{rtype.name}.{REJECTS}")
             reject_sink.write(_reject_lines(_unplaced_rejects(rtype, source)))
             rejects += len(source.unplaced.keys)
         results = [sinks[fmt].close() for fmt in formats]
+        part = None
         if reject_sink is not None:
-            results.append(reject_sink.close())
-        return results, {rtype.name: source.total}, rejects
+            reject_sink.close()
+            part = (folder / reject_sink.name, rejects)
+        return _Stream(results, source.total, part)
     except BaseException:
         for s in [*sinks.values(), reject_sink]:
             if s is not None:

@@ -140,3 +140,21 @@ class JsonArraySink(Sink):
 
 
 SINKS = {"csv": CsvSink, "json": JsonArraySink, "ndjson": NdjsonSink}
+
+
+def concat_files(folder: Path, name: str, parts: list[tuple[Path, int]]) -> FileResult:
+    """Write ``name`` as the parts (path, records) one after another, hashing as it goes;
+    the parts are removed. Streams in 1 MiB pieces."""
+    out = _HashingFile(folder / name)
+    try:
+        for path, _ in parts:
+            with open(path, "rb") as f:
+                while chunk := f.read(2**20):
+                    out.write(chunk)
+        digest = out.finish()
+    except BaseException:
+        out.discard()
+        raise
+    for path, _ in parts:
+        path.unlink()
+    return FileResult(name, sum(n for _, n in parts), out.size, digest)

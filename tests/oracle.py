@@ -158,6 +158,74 @@ def _unicode(s: str) -> bool:
         return False
 
 
+# Record types whose columns are text and timestamps only: (columns, CSV header).
+SIMPLE_TYPES = {
+    "likes": (
+        ["uri", "cid", "did", "subject_uri", "subject_cid", "created_at", "indexed_at"],
+        ["URI", "CID", "DID", "SubjectURI", "SubjectCID", "CreatedAt", "IndexedAt"],
+    ),
+    "follows": (
+        ["uri", "cid", "did", "subject_did", "created_at", "indexed_at"],
+        ["URI", "CID", "DID", "SubjectDID", "CreatedAt", "IndexedAt"],
+    ),
+}
+TIMESTAMPS = ("created_at", "indexed_at", "archived_at")
+
+
+def expected_records(db: str, rtype: str, **filters: object) -> Expected:
+    """What the export of one record type must hold (posts, likes or follows)."""
+    if rtype == "posts":
+        return expected_posts(db, **filters)  # type: ignore[arg-type]
+    cols, header = SIMPLE_TYPES[rtype]
+    ordered, unplaced = _ordered_rows(db, rtype, cols, **filters)  # type: ignore[arg-type]
+    csv_rows, objects, rejects = [header], [], []
+    for r in ordered:
+        row: list[str] = []
+        obj: dict[str, object] = {}
+        for c in cols:
+            raw = as_text(r[c])
+            if c in TIMESTAMPS:
+                t = instant(raw)
+                if raw is not None and t is None:
+                    rejects.append({"key": r["uri"], "column": c, "value": raw, "kind": "timestamp"})
+                    row.append(raw)
+                    obj[c] = raw
+                else:
+                    row.append("" if t is None else rfc3339(t, fraction=False))
+                    obj[c] = None if t is None else rfc3339(t, fraction=True)
+            else:
+                row.append("" if raw is None else raw)
+                obj[c] = raw
+        csv_rows.append(row)
+        objects.append(obj)
+    for r in unplaced:
+        rejects.append({"key": r["uri"], "column": "created_at", "value": as_text(r["created_at"]), "kind": "unplaced"})
+    return Expected(csv_rows, objects, rejects)
+
+
+def _ordered_rows(
+    db: str, table: str, cols: list[str], *, did: str | None = None, since: int | None = None, until: int | None = None
+) -> tuple[list[dict[str, object]], list[dict[str, object]]]:
+    """The rows the filters keep, newest created_at first then uri (those without an
+    instant last, by uri); and, under a time filter, the rows left out for having none."""
+    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    rows = [dict(zip(cols, r, strict=True)) for r in con.execute(f"SELECT {', '.join(cols)} FROM {table}")]
+    con.close()
+    if did is not None:
+        rows = [r for r in rows if r["did"] == did]
+    timed = since is not None or until is not None
+    kept, unplaced = [], []
+    for r in rows:
+        t = instant(as_text(r["created_at"]))
+        if t is None:
+            (unplaced if timed else kept).append((None, r))
+        elif (since is None or t >= since) and (until is None or t <= until):
+            kept.append((t, r))
+    placed = sorted([x for x in kept if x[0] is not None], key=lambda x: (-x[0], x[1]["uri"]))
+    unp = sorted([x for x in kept if x[0] is None], key=lambda x: x[1]["uri"])
+    return [r for _, r in placed + unp], sorted((r for _, r in unplaced), key=lambda r: r["uri"])
+
+
 def expected_posts(db: str, *, did: str | None = None, since: int | None = None, until: int | None = None) -> Expected:
     con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
     cols = ", ".join(POST_COLUMNS)

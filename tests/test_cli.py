@@ -134,13 +134,36 @@ def test_default_out_and_formats(tmp_path, fixture_archive):
     (out,) = (tmp_path / "exports").iterdir()
     assert out.name.startswith("archive-")
     assert sorted(p.name for p in out.iterdir() if p.name != "rejects.ndjson") == [
-        "manifest.json",
-        "posts.csv",
-        "posts.json",
-    ]
+        "follows.csv", "follows.json", "likes.csv", "likes.json", "manifest.json", "posts.csv", "posts.json",
+    ]  # every record type the archive has, in csv and json  # fmt: skip
 
 
 def test_help_has_example():
     proc = run_cli("run", "export", "--help")
     assert proc.returncode == 0
     assert "Example:" in proc.stdout and "pipeline run export" in proc.stdout
+
+
+def test_types_option(tmp_path, fixture_archive):
+    proc = run_cli("run", "export", fixture_archive, "--out", tmp_path / "o", "--types", "follows,likes", "-q")
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(p.name for p in (tmp_path / "o").iterdir()) == [
+        "follows.csv", "follows.json", "likes.csv", "likes.json", "manifest.json",
+    ]  # fmt: skip
+    proc = run_cli("run", "export", fixture_archive, "--out", tmp_path / "p", "--types", "posts,reposts")
+    _one_line_error(proc, 2, "unknown record type", "reposts")
+
+
+def test_missing_table_named_or_not(tmp_path, fixture_archive):
+    db = tmp_path / "nolikes.db"
+    db.write_bytes(fixture_archive.read_bytes())
+    con = sqlite3.connect(db)
+    con.execute("DROP TABLE likes")
+    con.commit()
+    con.close()
+    proc = run_cli("run", "export", db, "--out", tmp_path / "o", "-q")
+    assert proc.returncode == 0, proc.stderr
+    assert "pipeline: note: the archive has no 'likes' table; likes skipped" in proc.stderr
+    proc = run_cli("run", "export", db, "--out", tmp_path / "p", "--types", "likes")
+    _one_line_error(proc, 3, "no 'likes' table")
+    assert not (tmp_path / "p").exists()

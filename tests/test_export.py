@@ -9,11 +9,12 @@ import json
 from pathlib import Path
 
 import pytest
-from oracle import expected_posts, instant
+from oracle import Expected, expected_posts, expected_records, instant
 
 import pipeline
 
 BOM = "\ufeff"
+ALL_TYPES = ("posts", "likes", "follows")
 FILTERS = {
     "none": {},
     "did": {"did": "__first_did__"},
@@ -52,42 +53,54 @@ def read_csv(path: Path) -> list[list[str]]:
     return list(csv.reader(io.StringIO(text[1:], newline="")))
 
 
-def check_export(out: Path, db: Path, formats: list[str], **filters: object) -> None:
-    exp = expected_posts(str(db), **filters)
+def check_export(
+    out: Path, db: Path, formats: list[str], types: tuple[str, ...] = ("posts",), **filters: object
+) -> None:
+    """Every file of ``types`` against the oracle; the manifest's sizes, hashes and reject count."""
     manifest = json.loads((out / "manifest.json").read_text())
     by_path = {f["path"]: f for f in manifest["files"]}
     for f in by_path.values():
         data = (out / f["path"]).read_bytes()
         assert f["size_bytes"] == len(data)
         assert f["sha256"] == hashlib.sha256(data).hexdigest()
+    got_rejects = []
+    if (out / "rejects.ndjson").exists():
+        got_rejects = [json.loads(x) for x in (out / "rejects.ndjson").read_text().splitlines()]
+    reject_count = 0
+    for rtype in types:
+        exp = expected_records(str(db), rtype, **filters)
+        _check_type(out, rtype, formats, exp, by_path)
+        mine = [r for r in got_rejects if r["type"] == rtype]
+        assert sorted((r["key"], r["column"], r["value"]) for r in mine) == sorted(
+            (r["key"], r["column"], r["value"]) for r in exp.rejects
+        )
+        reject_count += len(exp.rejects)
+    if set(types) >= set(manifest.get("types", types)):
+        assert manifest["reject_count"] == reject_count == len(got_rejects)
+
+
+def _check_type(out: Path, rtype: str, formats: list[str], exp: Expected, by_path: dict) -> None:
     if "csv" in formats:
-        rows = read_csv(out / "posts.csv")
+        rows = read_csv(out / f"{rtype}.csv")
         assert rows[0] == exp.csv_rows[0]
         assert len(rows) == len(exp.csv_rows)
         for got, want in zip(rows, exp.csv_rows, strict=True):
             assert got == want
-        assert by_path["posts.csv"]["records"] == len(exp.objects)
+        assert by_path[f"{rtype}.csv"]["records"] == len(exp.objects)
     if "json" in formats:
-        text = (out / "posts.json").read_text(encoding="utf-8")
+        text = (out / f"{rtype}.json").read_text(encoding="utf-8")
         objs = json.loads(text, parse_constant=_not_json)
         assert objs == exp.objects
         assert _strict(objs) == _strict(exp.objects)  # key order, and true is not 1
         lines = text.split("\n")
         assert lines[0] == ("[" if objs else "[]") and text.endswith("]\n")
     if "ndjson" in formats:
-        text = (out / "posts.ndjson").read_text(encoding="utf-8")
+        text = (out / f"{rtype}.ndjson").read_text(encoding="utf-8")
         lines = text.split("\n")
         assert lines[-1] == ""
         objs = [json.loads(line, parse_constant=_not_json) for line in lines[:-1]]
         assert objs == exp.objects
         assert _strict(objs) == _strict(exp.objects)
-    got_rejects = []
-    if (out / "rejects.ndjson").exists():
-        got_rejects = [json.loads(x) for x in (out / "rejects.ndjson").read_text().splitlines()]
-    assert sorted((r["key"], r["column"], r["value"]) for r in got_rejects) == sorted(
-        (r["key"], r["column"], r["value"]) for r in exp.rejects
-    )
-    assert manifest["reject_count"] == len(exp.rejects)
 
 
 def _strict(objs: list[dict]) -> list[str]:
@@ -107,9 +120,10 @@ def test_export_matches_oracle(name, which, fixture_archive, archive_20k, tmp_pa
     out = tmp_path / "out"
     result = pipeline.export(db, out, formats=["csv", "json", "ndjson"], **opts)
     assert result.out == out
-    check_export(out, db, ["csv", "json", "ndjson"], **_oracle_bounds(opts))
+    check_export(out, db, ["csv", "json", "ndjson"], ALL_TYPES, **_oracle_bounds(opts))
     if name == "none":
-        assert result.records["posts"] == len(expected_posts(str(db)).objects) > 0
+        for rtype in ALL_TYPES:
+            assert result.records[rtype] == len(expected_records(str(db), rtype).objects) > 0
 
 
 def test_fixture_has_hard_cases(fixture_archive):
@@ -225,3 +239,55 @@ def test_csv_only_reports_rejects_of_what_it_writes(fixture_archive, tmp_path):
     )
     assert {r["column"] for r in exp.rejects} - CSV_CONVERTED, "the fixture should have rejects CSV does not write"
     assert len(want) < len([r for r in exp.rejects if r["column"] in CSV_CONVERTED]), "embed_data without has_media"
+
+
+def _broken_copy(src: Path, dst: Path) -> Path:
+    """The fixture with unreadable times in likes and follows (and follows dropped if asked)."""
+    import shutil
+    import sqlite3
+
+    shutil.copy(src, dst)
+    con = sqlite3.connect(dst)
+    con.execute("UPDATE likes SET created_at = 'last week' WHERE rowid IN (SELECT rowid FROM likes LIMIT 3)")
+    con.execute(
+        "UPDATE follows SET indexed_at = '2024-02-30T00:00:00Z' WHERE rowid IN (SELECT rowid FROM follows LIMIT 2)"
+    )
+    con.commit()
+    con.close()
+    return dst
+
+
+@pytest.mark.parametrize("opts", [{}, {"since": "2023-06-01"}])
+def test_rejects_of_every_type(fixture_archive, tmp_path, opts):
+    db = _broken_copy(fixture_archive, tmp_path / "broken.db")
+    out = tmp_path / "out"
+    pipeline.export(db, out, formats=["csv", "json", "ndjson"], **opts)
+    check_export(out, db, ["csv", "json", "ndjson"], ALL_TYPES, **_oracle_bounds(opts))
+    types = [json.loads(x)["type"] for x in (out / "rejects.ndjson").read_text().splitlines()]
+    assert types == sorted(types, key=ALL_TYPES.index)  # one type after another, in type order
+    assert {"likes", "follows"} <= set(types)
+
+
+def test_types_option_and_missing_tables(fixture_archive, tmp_path):
+    import sqlite3
+
+    out = tmp_path / "likes-only"
+    result = pipeline.export(fixture_archive, out, formats=["csv"], types=["likes"])
+    assert sorted(p.name for p in out.iterdir()) == ["likes.csv", "manifest.json"]
+    assert list(result.records) == ["likes"] and result.notices == []
+    check_export(out, fixture_archive, ["csv"], ("likes",))
+
+    db = tmp_path / "nofollows.db"
+    db.write_bytes(fixture_archive.read_bytes())
+    con = sqlite3.connect(db)
+    con.execute("DROP TABLE follows")
+    con.commit()
+    con.close()
+    result = pipeline.export(db, tmp_path / "all", formats=["ndjson"])
+    assert list(result.records) == ["posts", "likes"]
+    assert result.notices == ["the archive has no 'follows' table; follows skipped"]
+    with pytest.raises(pipeline.ArchiveError, match="no 'follows' table"):
+        pipeline.export(db, tmp_path / "named", types="posts,follows")
+    assert not (tmp_path / "named").exists()
+    with pytest.raises(pipeline.UsageError, match="unknown record type"):
+        pipeline.export(db, tmp_path / "bad", types=["reposts"])
