@@ -76,6 +76,9 @@ def export_command(
             show_default=False,
         ),
     ] = None,  # noqa: UP045
+    ops: Annotated[
+        bool, typer.Option("--ops", help="Also export the ops table, as ops/<type>.<action>.<ext>, in seq order.")
+    ] = False,
     did: Annotated[Optional[str], typer.Option(help="Only records of this DID (exact match).")] = None,  # noqa: UP045
     since: Annotated[
         str | None,
@@ -114,6 +117,7 @@ def export_command(
             out,
             formats=[f.value for f in formats] if formats else ("csv", "json"),
             types=types,
+            ops=ops,
             did=did,
             since=since,
             until=until,
@@ -141,9 +145,12 @@ def export_command(
     for warning in result.warnings:
         typer.echo(f"pipeline: warning: {warning}", err=True)
     total = sum(result.records.values())
-    files = ", ".join(f.path for f in result.files)
+    per_type = ", ".join(f"{n:,} {name}" for name, n in result.records.items())
+    files = ", ".join(f.path for f in result.files) if len(result.files) <= 6 else f"{len(result.files)} files"
     rejects = f", {result.rejects:,} rejected value(s) in rejects.ndjson" if result.rejects else ""
-    typer.echo(f"Exported {total:,} records to {result.out} ({files}) in {elapsed:.2f}s{rejects}", err=True)
+    typer.echo(
+        f"Exported {total:,} records ({per_type}) to {result.out} ({files}) in {elapsed:.2f}s{rejects}", err=True
+    )
 
 
 def main() -> None:

@@ -39,6 +39,7 @@ class RecordType:
     time: str  # the instant rows are ordered and filtered by
     columns: tuple[Column, ...]  # in JSON key order
     csv: tuple[CsvColumn, ...]
+    by_key: bool = False  # exported in key order (an integer rowid key), not newest instant first
 
     @property
     def column_names(self) -> list[str]:
@@ -135,6 +136,38 @@ FOLLOWS = RecordType(
         CsvColumn("IndexedAt", "indexed_at"),
     ),
 )
+
+# The sync stream's operations: in ``seq`` order, split into files by record
+# type and action (``ops/<type>.<action>.<ext>``) by the runner.
+OPS = RecordType(
+    name="ops",
+    table="ops",
+    key="seq",
+    time="time",
+    columns=(
+        Column("seq", "int"),
+        Column("did"),
+        Column("collection"),
+        Column("rkey"),
+        Column("action"),
+        Column("cid"),
+        Column("record", "json"),
+        Column("time", "timestamp"),
+    ),
+    csv=(
+        CsvColumn("Seq", "seq"),
+        CsvColumn("DID", "did"),
+        CsvColumn("Collection", "collection"),
+        CsvColumn("RKey", "rkey"),
+        CsvColumn("Action", "action"),
+        CsvColumn("CID", "cid"),
+        CsvColumn("Time", "time"),
+    ),
+    by_key=True,
+)
+
+# Which record type an op's collection is, for its file name; other collections keep their NSID.
+COLLECTION_TYPES = {"app.bsky.feed.post": "posts", "app.bsky.feed.like": "likes", "app.bsky.graph.follow": "follows"}
 
 # In export order: the order files are written and listed in the manifest.
 RECORD_TYPES: dict[str, RecordType] = {r.name: r for r in (POSTS, LIKES, FOLLOWS)}

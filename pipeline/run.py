@@ -7,6 +7,7 @@ batches, which keeps memory bounded.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import functools
 import os
@@ -14,7 +15,7 @@ import queue
 import threading
 from collections.abc import Generator, Iterable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, as_completed, wait
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TypeVar
@@ -26,7 +27,7 @@ from . import __version__, transforms
 from .errors import ExportError, PipelineError, UsageError
 from .progress import Progress
 from .publish import TOOL, Staging
-from .records import RECORD_TYPES, RecordType
+from .records import COLLECTION_TYPES, OPS, RECORD_TYPES, RecordType
 from .sinks import SINKS, FileResult, NdjsonSink, Sink, concat_files
 from .sort import NINST
 from .source import Archive, Filters, Reads, RecordSource, key_range, range_metadata
@@ -71,6 +72,7 @@ def export(
     *,
     formats: Sequence[str] = DEFAULT_FORMATS,
     types: Sequence[str] | None = None,
+    ops: bool = False,
     did: str | None = None,
     since: str | datetime | None = None,
     until: str | datetime | None = None,
@@ -82,6 +84,7 @@ def export(
     ``types``: record type names (``RECORD_TYPES``); None means every type
     whose table the archive has (the others are skipped with a notice); a
     type asked for by name whose table is missing is an ArchiveError.
+    ``ops``: also export the ``ops`` table into ``ops/<type>.<action>.<ext>``.
 
     Raises a PipelineError subclass (UsageError, ArchiveError, OutputError,
     ExportError) with a one-line message; nothing is written to ``out`` then.
@@ -101,6 +104,8 @@ def export(
 
     with Archive(archive_path) as db:
         rtypes, notices = _chosen_types(db, named)
+        if ops:
+            db.check(OPS)  # asked for: a missing table is an error
         staging = Staging(out_path)
         try:
             files: list[FileResult] = []
@@ -110,6 +115,12 @@ def export(
                 stream = _write_all(db, staging.path, rtype, formats, filters, batch_size, progress)
                 files += stream.files
                 records[rtype.name] = stream.records
+                if stream.rejects:
+                    reject_parts.append(stream.rejects)
+            if ops:
+                stream = _write_ops(db, staging.path, formats, filters, batch_size, progress)
+                files += stream.files
+                records[OPS.name] = stream.records
                 if stream.rejects:
                     reject_parts.append(stream.rejects)
             rejects = sum(n for _, n in reject_parts)
@@ -269,6 +280,103 @@ def _write_all(
         source.close()
 
 
+def _write_ops(
+    db: Archive, folder: Path, formats: Sequence[str], filters: Filters, batch_size: int, progress: Progress
+) -> _Stream:
+    """The ``ops`` table in ``seq`` order, split into ``ops/<type>.<action>.<ext>``.
+
+    ``seq`` is the table's rowid, so the keyset pages already come in export
+    order: pages are converted on the converter threads but written in order,
+    nothing is sorted or spilled. Each page's rows go to the files of their
+    (type, action); a file is opened when its first row comes.
+    """
+    rtype = OPS
+    wanted = frozenset(formats)
+    source = db.read(rtype, filters, batch_size, spill_dir=folder, reads=Reads(*transforms.reads(rtype, wanted)))
+    (folder / "ops").mkdir()
+    key = _sort_key(rtype, wanted)
+    sinks: dict[tuple[str, str], Sink] = {}  # (file stem, format)
+    reject_sink: NdjsonSink | None = None
+    rejects = 0
+    progress.start("ops", source.total)
+    pages = prefetch(source.pages(), _PREFETCH)
+    try:
+        for page, (rows_out, bad_out) in _convert_in_order(rtype, pages, wanted):
+            stems = _op_stems(page)
+            for stem in stems.unique(maintain_order=True).to_list():
+                part = rows_out.filter((stems == stem).to_arrow()) if stems.n_unique() > 1 else rows_out
+                for fmt in formats:
+                    if (stem, fmt) not in sinks:
+                        sinks[stem, fmt] = _open_sink(folder / "ops", rtype, fmt, stem)
+                for chunk in part.to_batches(max_chunksize=WRITE_ROWS):
+                    _write({fmt: sinks[stem, fmt] for fmt in formats}, formats, chunk, rtype, key)
+            if bad_out.num_rows:
+                reject_sink = reject_sink or NdjsonSink(folder, f".{rtype.name}.{REJECTS}")
+                reject_sink.write(_reject_lines(bad_out.select(transforms.REJECT_SCHEMA.names)))
+                rejects += bad_out.num_rows
+            progress.advance(page.num_rows)
+        pages.close()
+        if source.unplaced.keys:
+            reject_sink = reject_sink or NdjsonSink(folder, f".{rtype.name}.{REJECTS}")
+            reject_sink.write(_reject_lines(_unplaced_rejects(rtype, source)))
+            rejects += len(source.unplaced.keys)
+        if not sinks:
+            (folder / "ops").rmdir()  # no op passed the filters: no files, no folder
+        results = []
+        for stem, fmt in sorted(sinks):  # the manifest lists them by name
+            result = sinks[stem, fmt].close()
+            results.append(replace(result, path=f"ops/{result.path}"))
+        part_file = None
+        if reject_sink is not None:
+            reject_sink.close()
+            part_file = (folder / reject_sink.name, rejects)
+        return _Stream(results, source.total, part_file)
+    except BaseException:
+        for s in [*sinks.values(), reject_sink]:
+            if s is not None:
+                s.abort()
+        raise
+    finally:
+        pages.close()
+        progress.stop()
+        source.close()
+
+
+def _op_stems(page: pa.Table) -> pl.Series:
+    """Each op's file stem, ``<type>.<action>``: the collection's record type (its NSID
+    if it is none of ours) and the action; characters other than ``A-Za-z0-9._-``
+    become ``_``, and so does a leading ``.``."""
+    df = pl.from_arrow(page.select(["collection", "action"]))
+    assert isinstance(df, pl.DataFrame)
+    collection = pl.col("collection").fill_null("unknown")
+    kind = collection.replace(COLLECTION_TYPES)
+    safe = r"[^A-Za-z0-9._-]"
+    stem = pl.concat_str(
+        kind.str.replace_all(safe, "_"), pl.lit("."), pl.col("action").fill_null("unknown").str.replace_all(safe, "_")
+    )
+    return df.select(stem.str.replace(r"^\.", "_")).to_series()  # never a hidden file
+
+
+def _convert_in_order(
+    rtype: RecordType, pages: Iterable[pa.Table], formats: frozenset[str]
+) -> Iterator[tuple[pa.Table, tuple[pa.Table, pa.Table]]]:
+    """Like ``_convert_all``, but results come back in page order (at most CONVERTERS ahead)."""
+    with ThreadPoolExecutor(CONVERTERS, thread_name_prefix="convert") as pool:
+        running: collections.deque[tuple[pa.Table, Future[tuple[pa.Table, pa.Table]]]] = collections.deque()
+        try:
+            for page in pages:
+                running.append((page, pool.submit(_convert, rtype, page, formats)))
+                if len(running) > CONVERTERS:
+                    done, future = running.popleft()
+                    yield done, future.result()
+            while running:
+                done, future = running.popleft()
+                yield done, future.result()
+        finally:
+            for _, f in running:
+                f.cancel()
+
+
 KEY = "_key"
 CSV_PREFIX = "csv:"
 
@@ -360,14 +468,11 @@ def _write(sinks: dict[str, Sink], formats: Sequence[str], chunk: pa.RecordBatch
         ) from None
 
 
-def _file_name(rtype: RecordType, fmt: str) -> str:
-    return f"{rtype.name}.{fmt}"
-
-
-def _open_sink(folder: Path, rtype: RecordType, fmt: str) -> Sink:
+def _open_sink(folder: Path, rtype: RecordType, fmt: str, stem: str | None = None) -> Sink:
+    name = f"{stem or rtype.name}.{fmt}"
     if fmt == "csv":
-        return SINKS[fmt](folder, _file_name(rtype, fmt), transforms.csv_schema(rtype))
-    return SINKS[fmt](folder, _file_name(rtype, fmt))
+        return SINKS[fmt](folder, name, transforms.csv_schema(rtype))
+    return SINKS[fmt](folder, name)
 
 
 def _reject_lines(bad: pa.RecordBatch) -> pa.RecordBatch:

@@ -328,3 +328,50 @@ def expected_posts(db: str, *, did: str | None = None, since: int | None = None,
     for _, r in unplaced:
         rejects.append({"key": r["uri"], "column": "created_at", "value": as_text(r["created_at"]), "kind": "unplaced"})
     return Expected(csv_rows, objects, rejects)
+
+
+OP_COLUMNS = ["seq", "did", "collection", "rkey", "action", "cid", "record", "time"]
+OP_CSV_HEADER = ["Seq", "DID", "Collection", "RKey", "Action", "CID", "Time"]
+OP_TYPES = {"app.bsky.feed.post": "posts", "app.bsky.feed.like": "likes", "app.bsky.graph.follow": "follows"}
+
+
+def expected_ops(
+    db: str, *, did: str | None = None, since: int | None = None, until: int | None = None
+) -> tuple[dict[str, Expected], list[dict[str, str]]]:
+    """The ops files (by stem ``<type>.<action>``) in seq order, and the ops' rejects."""
+    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    rows = [dict(zip(OP_COLUMNS, r, strict=True)) for r in con.execute(f"SELECT {', '.join(OP_COLUMNS)} FROM ops")]
+    con.close()
+    rows.sort(key=lambda r: r["seq"])
+    timed = since is not None or until is not None
+    files: dict[str, Expected] = {}
+    rejects: list[dict[str, str]] = []
+    for r in rows:
+        if did is not None and r["did"] != did:
+            continue
+        key = str(r["seq"])
+        raw_time = as_text(r["time"])
+        t = instant(raw_time)
+        if timed and (t is None or (since is not None and t < since) or (until is not None and t > until)):
+            if t is None:
+                rejects.append({"key": key, "column": "time", "value": raw_time, "kind": "unplaced"})
+            continue
+        if raw_time is not None and t is None:
+            rejects.append({"key": key, "column": "time", "value": raw_time, "kind": "timestamp"})
+        ok, record = load_json(as_text(r["record"]))
+        if r["record"] is not None and not ok:
+            rejects.append({"key": key, "column": "record", "value": as_text(r["record"]), "kind": "json"})
+        kind = OP_TYPES.get(r["collection"], r["collection"])
+        stem = f"{re.sub(r'[^A-Za-z0-9._-]', '_', kind)}.{re.sub(r'[^A-Za-z0-9._-]', '_', r['action'])}"
+        stem = "_" + stem[1:] if stem.startswith(".") else stem
+        exp = files.setdefault(stem, Expected([OP_CSV_HEADER], [], []))
+        time_csv = "" if raw_time is None else (rfc3339(t, fraction=False) if t is not None else raw_time)
+        time_json = None if raw_time is None else (rfc3339(t, fraction=True) if t is not None else raw_time)
+        text = {c: as_text(r[c]) for c in ("did", "collection", "rkey", "action", "cid")}
+        exp.csv_rows.append([key, *("" if text[c] is None else text[c] for c in text), time_csv])
+        exp.objects.append({
+            "seq": r["seq"], **text,
+            "record": None if r["record"] is None else (record if ok else as_text(r["record"])),
+            "time": time_json,
+        })  # fmt: skip
+    return files, rejects

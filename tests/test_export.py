@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 
 import pytest
-from oracle import Expected, expected_posts, expected_records, instant
+from oracle import Expected, expected_ops, expected_posts, expected_records, instant
 
 import pipeline
 
@@ -242,7 +242,8 @@ def test_csv_only_reports_rejects_of_what_it_writes(fixture_archive, tmp_path):
 
 
 def _broken_copy(src: Path, dst: Path) -> Path:
-    """The fixture with unreadable times in likes and follows (and follows dropped if asked)."""
+    """The fixture with unreadable times in likes, follows and ops, a malformed op record,
+    and ops of a collection that is none of ours and of one unsafe as a file name."""
     import shutil
     import sqlite3
 
@@ -252,6 +253,11 @@ def _broken_copy(src: Path, dst: Path) -> Path:
     con.execute(
         "UPDATE follows SET indexed_at = '2024-02-30T00:00:00Z' WHERE rowid IN (SELECT rowid FROM follows LIMIT 2)"
     )
+    seqs = [r[0] for r in con.execute("SELECT seq FROM ops WHERE action = 'create' ORDER BY seq LIMIT 6")]
+    con.execute("UPDATE ops SET time = 'soon' WHERE seq IN (?, ?)", seqs[:2])
+    con.execute("UPDATE ops SET record = '{\"$type\": ' WHERE seq = ?", seqs[2:3])
+    con.execute("UPDATE ops SET collection = 'app.bsky.feed.repost' WHERE seq = ?", seqs[3:4])
+    con.execute("UPDATE ops SET collection = '../x/y' WHERE seq = ?", seqs[4:5])
     con.commit()
     con.close()
     return dst
@@ -291,3 +297,47 @@ def test_types_option_and_missing_tables(fixture_archive, tmp_path):
     assert not (tmp_path / "named").exists()
     with pytest.raises(pipeline.UsageError, match="unknown record type"):
         pipeline.export(db, tmp_path / "bad", types=["reposts"])
+
+
+@pytest.mark.parametrize("name", list(FILTERS))
+@pytest.mark.parametrize("which", ["fixture", "20k"])
+def test_ops_match_oracle(name, which, fixture_archive, archive_20k, tmp_path):
+    db = fixture_archive if which == "fixture" else archive_20k
+    opts = {k: (_dids(db)[0] if v == "__first_did__" else v) for k, v in FILTERS[name].items()}
+    out = tmp_path / "out"
+    formats = ["csv", "json", "ndjson"]
+    result = pipeline.export(db, out, formats=formats, types=["follows"], ops=True, **opts)
+    files, rejects = expected_ops(str(db), **_oracle_bounds(opts))
+    if name == "none":
+        assert len(files) >= 6, "the archive should have ops of several types and actions"
+    found = sorted(p.name for p in (out / "ops").iterdir()) if (out / "ops").exists() else []
+    assert found == sorted(f"{s}.{f}" for s in files for f in formats)
+    manifest = json.loads((out / "manifest.json").read_text())
+    by_path = {f["path"]: f for f in manifest["files"]}
+    for stem, exp in files.items():
+        _check_type(out / "ops", stem, formats, exp, {k.removeprefix("ops/"): v for k, v in by_path.items()})
+    assert result.records["ops"] == sum(len(e.objects) for e in files.values())
+    got = []
+    if (out / "rejects.ndjson").exists():
+        got = [json.loads(x) for x in (out / "rejects.ndjson").read_text().splitlines()]
+    got_ops = [(r["key"], r["column"], r["value"]) for r in got if r["type"] == "ops"]
+    assert sorted(got_ops) == sorted((r["key"], r["column"], r["value"]) for r in rejects)
+
+
+@pytest.mark.parametrize("opts", [{}, {"since": "2020-01-01"}])
+def test_ops_rejects_and_odd_collections(fixture_archive, tmp_path, opts):
+    db = _broken_copy(fixture_archive, tmp_path / "broken.db")
+    out = tmp_path / "out"
+    pipeline.export(db, out, formats=["csv", "ndjson"], types=["likes"], ops=True, **opts)
+    files, rejects = expected_ops(str(db), **_oracle_bounds(opts))
+    assert "app.bsky.feed.repost.create" in files and "_._x_y.create" in files
+    want = sorted(f"{s}.{f}" for s in files for f in ("csv", "ndjson"))
+    assert sorted(p.name for p in (out / "ops").iterdir()) == want
+    manifest = json.loads((out / "manifest.json").read_text())
+    by_path = {f["path"].removeprefix("ops/"): f for f in manifest["files"]}
+    for stem, exp in files.items():
+        _check_type(out / "ops", stem, ["csv", "ndjson"], exp, by_path)
+    got = [json.loads(x) for x in (out / "rejects.ndjson").read_text().splitlines()]
+    got_ops = [(r["key"], r["column"], r["value"]) for r in got if r["type"] == "ops"]
+    assert sorted(got_ops) == sorted((r["key"], r["column"], r["value"]) for r in rejects)
+    assert len(got_ops) == 3
