@@ -79,6 +79,10 @@ def export_command(
     ops: Annotated[
         bool, typer.Option("--ops", help="Also export the ops table, as ops/<type>.<action>.<ext>, in seq order.")
     ] = False,
+    include_media: Annotated[
+        bool,
+        typer.Option("--include-media", help="Also copy the exported posts' media files into media/<hash>.<ext>."),
+    ] = False,
     did: Annotated[Optional[str], typer.Option(help="Only records of this DID (exact match).")] = None,  # noqa: UP045
     since: Annotated[
         str | None,
@@ -118,6 +122,7 @@ def export_command(
             formats=[f.value for f in formats] if formats else ("csv", "json"),
             types=types,
             ops=ops,
+            include_media=include_media,
             did=did,
             since=since,
             until=until,
@@ -148,6 +153,12 @@ def export_command(
     per_type = ", ".join(f"{n:,} {name}" for name, n in result.records.items())
     files = ", ".join(f.path for f in result.files) if len(result.files) <= 6 else f"{len(result.files)} files"
     rejects = f", {result.rejects:,} rejected value(s) in rejects.ndjson" if result.rejects else ""
+    if include_media:
+        rejects += f", {result.media:,} media file(s) copied"
+        if result.media_missing or result.media_refused:
+            rejects += (
+                f" ({result.media_missing:,} missing, {result.media_refused:,} refused: listed in manifest.json)"
+            )
     typer.echo(
         f"Exported {total:,} records ({per_type}) to {result.out} ({files}) in {elapsed:.2f}s{rejects}", err=True
     )

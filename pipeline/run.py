@@ -24,7 +24,8 @@ import polars as pl
 import pyarrow as pa
 
 from . import __version__, transforms
-from .errors import ExportError, PipelineError, UsageError
+from .errors import ArchiveError, ExportError, PipelineError, UsageError
+from .media import MediaResult, copy_media
 from .progress import Progress
 from .publish import TOOL, Staging
 from .records import COLLECTION_TYPES, OPS, RECORD_TYPES, RecordType
@@ -51,6 +52,9 @@ class ExportResult:
     manifest: dict[str, object] = field(repr=False)
     warnings: list[str] = field(default_factory=list)  # cleanup after publishing that did not work
     notices: list[str] = field(default_factory=list)  # e.g. a record type skipped: its table is missing
+    media: int = 0  # blobs copied into media/
+    media_missing: int = 0  # listed in the manifest: missing or unreadable
+    media_refused: int = 0  # listed in the manifest: file_path outside the archive's folder, unsafe hash
 
 
 def _iso(micros: int | None) -> str | None:
@@ -73,6 +77,7 @@ def export(
     formats: Sequence[str] = DEFAULT_FORMATS,
     types: Sequence[str] | None = None,
     ops: bool = False,
+    include_media: bool = False,
     did: str | None = None,
     since: str | datetime | None = None,
     until: str | datetime | None = None,
@@ -85,6 +90,7 @@ def export(
     whose table the archive has (the others are skipped with a notice); a
     type asked for by name whose table is missing is an ArchiveError.
     ``ops``: also export the ``ops`` table into ``ops/<type>.<action>.<ext>``.
+    ``include_media``: also copy the exported posts' blobs into ``media/``.
 
     Raises a PipelineError subclass (UsageError, ArchiveError, OutputError,
     ExportError) with a one-line message; nothing is written to ``out`` then.
@@ -106,6 +112,8 @@ def export(
         rtypes, notices = _chosen_types(db, named)
         if ops:
             db.check(OPS)  # asked for: a missing table is an error
+        if include_media and not db.has_table_named("media"):
+            raise ArchiveError(f"archive {archive_path} has no 'media' table (asked for by --include-media)")
         staging = Staging(out_path)
         try:
             files: list[FileResult] = []
@@ -123,6 +131,10 @@ def export(
                 records[OPS.name] = stream.records
                 if stream.rejects:
                     reject_parts.append(stream.rejects)
+            media = MediaResult()
+            if include_media and any(r.name == "posts" for r in rtypes):
+                media = copy_media(db, staging.path, filters, progress)
+                files += media.files
             rejects = sum(n for _, n in reject_parts)
             if reject_parts:
                 files.append(concat_files(staging.path, REJECTS, reject_parts))
@@ -136,7 +148,9 @@ def export(
                 "types": [r.name for r in rtypes],
                 "records": records,
                 "files": [asdict(f) for f in files],
-                "media_count": 0,
+                "media_count": len(media.files),
+                "media_missing": media.missing,
+                "media_refused": media.refused,
                 "reject_count": rejects,
             }
             staging.write_manifest(manifest)
@@ -148,7 +162,10 @@ def export(
                     f"writing the export failed: {e.strerror or e} ({e.filename or staging.path})"
                 ) from None
             raise
-    return ExportResult(staging.out, records, files, rejects, manifest, warnings, notices)
+    return ExportResult(
+        staging.out, records, files, rejects, manifest, warnings, notices,
+        len(media.files), len(media.missing), len(media.refused),
+    )  # fmt: skip
 
 
 REJECTS = "rejects.ndjson"

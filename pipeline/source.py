@@ -182,6 +182,9 @@ class Archive:
     def has_table(self, rtype: RecordType) -> bool:
         return rtype.table in self._tables
 
+    def has_table_named(self, name: str) -> bool:
+        return name in self._tables
+
     def check(self, rtype: RecordType) -> None:
         """Raise ArchiveError unless the table and every column we read are there."""
         if rtype.table not in self._tables:

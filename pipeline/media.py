@@ -1,0 +1,165 @@
+"""``--include-media``: the blobs of the exported posts, copied into ``media/<hash>.<ext>``.
+
+Which blobs: the ``media`` rows whose post is exported (same ``--did``,
+``--since``, ``--until`` on the post's ``created_at``), each hash once. Where
+from: ``file_path``, relative to the archive's folder unless absolute; after
+symbolic links are resolved it must lie inside that folder, else it is refused
+(never opened). A blob that is missing or unreadable is listed, not fatal.
+Each blob is streamed in 1 MiB pieces and hashed (SHA-256) as it is copied.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import stat
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import adbc_driver_manager as adbc
+import polars as pl
+import pyarrow as pa
+
+from .errors import ExportError
+from .progress import Progress
+from .sinks import FileResult, _HashingFile
+from .source import Archive, Filters, _adbc_message, _query
+from .timestamps import parse_instants
+
+MEDIA_DIR = "media"
+CHUNK = 2**20
+# Extensions for the MIME types Bluesky stores; other types use their subtype.
+MIME_EXTENSIONS = {
+    "image/jpeg": "jpg",
+    "image/jpg": "jpg",
+    "image/pjpeg": "jpg",
+    "image/png": "png",
+    "image/webp": "webp",
+    "image/gif": "gif",
+    "image/heic": "heic",
+    "image/heif": "heif",
+    "image/avif": "avif",
+    "image/svg+xml": "svg",
+    "video/mp4": "mp4",
+    "video/quicktime": "mov",
+    "video/webm": "webm",
+}
+_SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,200}")
+
+
+@dataclass
+class MediaResult:
+    """Copied files, and the blobs listed instead: missing or unreadable, and refused."""
+
+    files: list[FileResult] = field(default_factory=list)
+    missing: list[dict[str, str | None]] = field(default_factory=list)
+    refused: list[dict[str, str | None]] = field(default_factory=list)
+
+
+def extension(mime_type: str | None) -> str:
+    """The file extension for a MIME type: known ones by table, others by subtype, else ``bin``."""
+    mime = (mime_type or "").strip().lower().split(";")[0].strip()
+    if mime in MIME_EXTENSIONS:
+        return MIME_EXTENSIONS[mime]
+    sub = mime.rpartition("/")[2]
+    sub = sub.split("+")[0]
+    return sub if re.fullmatch(r"[a-z0-9]{1,10}", sub) else "bin"
+
+
+def media_rows(archive: Archive, filters: Filters) -> pl.DataFrame:
+    """(hash, mime_type, file_path) of the blobs of the posts the filters keep, by hash, each once."""
+    where, params = "", None
+    if filters.did is not None:
+        where, params = " WHERE p.did = ?", pa.record_batch([pa.array([filters.did], pa.string())], names=["p0"])
+    sql = (
+        "SELECT CAST(m.hash AS TEXT) AS hash, CAST(m.mime_type AS TEXT) AS mime_type,"
+        " CAST(m.file_path AS TEXT) AS file_path, CAST(p.created_at AS TEXT) AS created_at"
+        f" FROM main.media AS m JOIN main.posts AS p ON p.uri = m.post_uri{where}"
+    )
+    conn = adbc.AdbcConnection(archive._db)
+    try:
+        table = _query(conn, sql, params, None).read_all()
+    except adbc.Error as e:
+        raise ExportError(f"reading the archive failed: {_adbc_message(e)}", record_type="media") from None
+    finally:
+        conn.close()
+    schema = pa.schema([(n, pa.string()) for n in ("hash", "mime_type", "file_path", "created_at")])
+    df = pl.from_arrow(table.cast(schema))
+    assert isinstance(df, pl.DataFrame)
+    if filters.since is not None or filters.until is not None:
+        inst = parse_instants(df.get_column("created_at"))
+        keep = inst.is_not_null()
+        if filters.since is not None:
+            keep &= inst >= filters.since
+        if filters.until is not None:
+            keep &= inst <= filters.until
+        df = df.filter(keep.fill_null(False))
+    df = df.drop("created_at").sort("hash", "file_path", "mime_type", nulls_last=True)  # which row of a hash: fixed
+    return df.unique("hash", keep="first", maintain_order=True)
+
+
+def copy_media(archive: Archive, folder: Path, filters: Filters, progress: Progress) -> MediaResult:
+    """Copy the exported posts' blobs into ``folder/media``; list the missing and refused ones.
+
+    Raises OSError for a failure on the writing side (disk full): that fails the export.
+    """
+    rows = media_rows(archive, filters)
+    root = Path(os.path.realpath(archive.path.parent))
+    out_dir = folder / MEDIA_DIR
+    result = MediaResult()
+    progress.start("media", len(rows))
+    try:
+        for blob_hash, mime, file_path in rows.iter_rows():
+            _copy_one(blob_hash, mime, file_path, root, out_dir, result)
+            progress.advance(1)
+    finally:
+        progress.stop()
+    if not result.files and out_dir.exists():
+        out_dir.rmdir()
+    return result
+
+
+def _copy_one(
+    blob_hash: str | None, mime: str | None, file_path: str | None, root: Path, out_dir: Path, result: MediaResult
+) -> None:
+    entry = {"hash": blob_hash, "file_path": file_path}
+    if blob_hash is None or not _SAFE_NAME.fullmatch(blob_hash):
+        result.refused.append({**entry, "reason": "the hash is not a safe file name"})
+        return
+    if not file_path:
+        result.missing.append({**entry, "reason": "no file_path"})
+        return
+    source = Path(file_path) if os.path.isabs(file_path) else root / file_path
+    real = Path(os.path.realpath(source))
+    if real != root and root not in real.parents:
+        result.refused.append({**entry, "reason": "file_path leads outside the archive's folder"})
+        return
+    try:  # O_NONBLOCK: a FIFO must not hang the export; it is refused below like a folder
+        fd = os.open(real, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
+    except OSError as e:
+        result.missing.append({**entry, "reason": e.strerror or str(e)})
+        return
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        result.missing.append({**entry, "reason": "not a regular file"})
+        return
+    name = f"{blob_hash}.{extension(mime)}"
+    with os.fdopen(fd, "rb") as src:
+        out_dir.mkdir(exist_ok=True)
+        out = _HashingFile(out_dir / name)
+        try:
+            while True:
+                try:
+                    chunk = src.read(CHUNK)
+                except OSError as e:  # unreadable (e.g. EIO, a folder): listed, the partial copy goes
+                    out.discard()
+                    result.missing.append({**entry, "reason": e.strerror or str(e)})
+                    return
+                if not chunk:
+                    break
+                out.write(chunk)
+            digest = out.finish()
+        except BaseException:
+            out.discard()
+            raise
+    result.files.append(FileResult(f"{MEDIA_DIR}/{name}", 1, out.size, digest))
