@@ -83,6 +83,16 @@ def export_command(
         bool,
         typer.Option("--include-media", help="Also copy the exported posts' media files into media/<hash>.<ext>."),
     ] = False,
+    jobs: Annotated[
+        int | None,
+        typer.Option(
+            "--jobs",
+            "-j",
+            min=1,
+            help="Streams (record types, ops, media) exported at once. [default: CPU cores, at most the streams]",
+            show_default=False,
+        ),
+    ] = None,  # noqa: UP045
     did: Annotated[Optional[str], typer.Option(help="Only records of this DID (exact match).")] = None,  # noqa: UP045
     since: Annotated[
         str | None,
@@ -123,6 +133,7 @@ def export_command(
             types=types,
             ops=ops,
             include_media=include_media,
+            jobs=jobs,
             did=did,
             since=since,
             until=until,
@@ -156,9 +167,7 @@ def export_command(
     if include_media:
         rejects += f", {result.media:,} media file(s) copied"
         if result.media_missing or result.media_refused:
-            rejects += (
-                f" ({result.media_missing:,} missing, {result.media_refused:,} refused: listed in manifest.json)"
-            )
+            rejects += f" ({result.media_missing:,} missing, {result.media_refused:,} refused: listed in manifest.json)"
     typer.echo(
         f"Exported {total:,} records ({per_type}) to {result.out} ({files}) in {elapsed:.2f}s{rejects}", err=True
     )

@@ -15,6 +15,7 @@ import re
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import adbc_driver_manager as adbc
 import polars as pl
@@ -98,7 +99,7 @@ def media_rows(archive: Archive, filters: Filters) -> pl.DataFrame:
     return df.unique("hash", keep="first", maintain_order=True)
 
 
-def copy_media(archive: Archive, folder: Path, filters: Filters, progress: Progress) -> MediaResult:
+def copy_media(archive: Archive, folder: Path, filters: Filters, progress: Progress, budget: Any = None) -> MediaResult:
     """Copy the exported posts' blobs into ``folder/media``; list the missing and refused ones.
 
     Raises OSError for a failure on the writing side (disk full): that fails the export.
@@ -110,6 +111,8 @@ def copy_media(archive: Archive, folder: Path, filters: Filters, progress: Progr
     progress.start("media", len(rows))
     try:
         for blob_hash, mime, file_path in rows.iter_rows():
+            if budget is not None:
+                budget.check()  # another stream failed: stop
             _copy_one(blob_hash, mime, file_path, root, out_dir, result)
             progress.advance(1)
     finally:

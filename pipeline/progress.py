@@ -24,6 +24,9 @@ class Progress:
     def set_total(self, total: int) -> None:
         """The exact total, once known (the first one may be SQLite's estimate)."""
 
+    def set_label(self, label: str) -> None:
+        """A new description for what is being done, same count."""
+
     def stop(self) -> None: ...
 
 
@@ -52,6 +55,9 @@ class PlainProgress(Progress):
 
     def set_total(self, total: int) -> None:
         self._total = total
+
+    def set_label(self, label: str) -> None:
+        self._label = label
 
     def _run(self) -> None:
         while not self._stop.wait(self._interval):
@@ -116,6 +122,10 @@ class RichProgress(Progress):
         assert self._task is not None
         self._bar.update(self._task, total=total)
 
+    def set_label(self, label: str) -> None:
+        assert self._task is not None
+        self._bar.update(self._task, description=label)
+
     def stop(self) -> None:
         self._bar.stop()
 
@@ -131,3 +141,64 @@ def for_terminal(quiet: bool, stream: TextIO | None = None) -> Progress:
     if stream.isatty():
         return RichProgress()
     return PlainProgress(stream, float(os.environ.get("PIPELINE_PROGRESS_INTERVAL", PLAIN_INTERVAL)))
+
+
+class Streams:
+    """Several export streams reporting into one display: each stream's phase, and the total.
+
+    ``stream(name)`` gives each stream its own ``Progress``; the display's
+    label lists every running stream (``posts: writing 40% · likes: converting
+    10%``) and its count is the sum over all of them. Thread-safe.
+    """
+
+    def __init__(self, display: Progress):
+        self._display = display
+        self._lock = threading.Lock()
+        self._states: dict[str, list] = {}  # name -> [phase, done, total, finished work]
+        self._started = False
+
+    def stream(self, name: str) -> Progress:
+        return _StreamProgress(self, name)
+
+    def _update(self, name: str, phase: str | None = None, total: int | None = None, done: int = 0) -> None:
+        with self._lock:
+            state = self._states.setdefault(name, ["", 0, 0, 0])
+            if phase is not None:  # a new phase: the last one's work is done
+                state[3] += state[2]
+                state[0], state[1], state[2] = phase, 0, total or 0
+            elif total is not None:
+                state[2] = total
+            state[1] += done
+            grand_total = sum(s[2] + s[3] for s in self._states.values())
+            label = " · ".join(
+                f"{n}: {s[0]} {100 * s[1] // s[2] if s[2] else 100}%" for n, s in self._states.items() if s[0] != "done"
+            )
+            if not self._started:
+                self._started = True
+                self._display.start(label or "export", grand_total)
+            else:
+                self._display.set_total(grand_total)
+                self._display.set_label(label or "export")
+            if done:
+                self._display.advance(done)
+
+    def stop(self) -> None:
+        self._display.stop()
+
+
+class _StreamProgress(Progress):
+    def __init__(self, streams: Streams, name: str):
+        self._streams, self._name = streams, name
+
+    def start(self, label: str, total: int) -> None:
+        phase = label.split(": ", 1)[1] if ": " in label else label
+        self._streams._update(self._name, phase=phase, total=total)
+
+    def advance(self, n: int) -> None:
+        self._streams._update(self._name, done=n)
+
+    def set_total(self, total: int) -> None:
+        self._streams._update(self._name, total=total)
+
+    def stop(self) -> None:
+        self._streams._update(self._name, phase="done", total=0)

@@ -13,8 +13,8 @@ import functools
 import os
 import queue
 import threading
-from collections.abc import Generator, Iterable, Iterator, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, as_completed, wait
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
+from concurrent.futures import FIRST_COMPLETED, FIRST_EXCEPTION, Future, ThreadPoolExecutor, as_completed, wait
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -24,9 +24,10 @@ import polars as pl
 import pyarrow as pa
 
 from . import __version__, transforms
+from . import source as source_module
 from .errors import ArchiveError, ExportError, PipelineError, UsageError
 from .media import MediaResult, copy_media
-from .progress import Progress
+from .progress import Progress, Streams
 from .publish import TOOL, Staging
 from .records import COLLECTION_TYPES, OPS, RECORD_TYPES, RecordType
 from .sinks import SINKS, FileResult, NdjsonSink, Sink, concat_files
@@ -78,6 +79,7 @@ def export(
     types: Sequence[str] | None = None,
     ops: bool = False,
     include_media: bool = False,
+    jobs: int | None = None,
     did: str | None = None,
     since: str | datetime | None = None,
     until: str | datetime | None = None,
@@ -91,6 +93,8 @@ def export(
     type asked for by name whose table is missing is an ArchiveError.
     ``ops``: also export the ``ops`` table into ``ops/<type>.<action>.<ext>``.
     ``include_media``: also copy the exported posts' blobs into ``media/``.
+    ``jobs``: how many streams (record types, ops, media) run at once; default
+    the CPU count, capped at the number of streams. The output does not depend on it.
 
     Raises a PipelineError subclass (UsageError, ArchiveError, OutputError,
     ExportError) with a one-line message; nothing is written to ``out`` then.
@@ -102,6 +106,8 @@ def export(
     if batch_size < 1:
         raise UsageError(f"--batch-size must be at least 1, not {batch_size}")
     named = parse_types(types)
+    if jobs is not None and jobs < 1:
+        raise UsageError(f"--jobs must be at least 1, not {jobs}")
     filters = Filters.parse(did=did, since=since, until=until)
     lo, hi = filters.since, filters.until
     progress = progress or Progress()
@@ -116,25 +122,32 @@ def export(
             raise ArchiveError(f"archive {archive_path} has no 'media' table (asked for by --include-media)")
         staging = Staging(out_path)
         try:
+            streams: list[tuple[str, Callable[[Progress, _Budget], object]]] = []
+            for rtype in rtypes:
+                streams.append(
+                    (rtype.name, functools.partial(_write_all, db, staging.path, rtype, formats, filters, batch_size))
+                )
+            if ops:
+                ops_stream = functools.partial(_write_ops, db, staging.path, formats, filters, batch_size)
+                streams.append((OPS.name, ops_stream))
+            if include_media and any(r.name == "posts" for r in rtypes):
+                streams.append(("media", functools.partial(copy_media, db, staging.path, filters)))
+            done = _run_streams(streams, jobs, progress)
             files: list[FileResult] = []
             records: dict[str, int] = {}
             reject_parts: list[tuple[Path, int]] = []
-            for rtype in rtypes:
-                stream = _write_all(db, staging.path, rtype, formats, filters, batch_size, progress)
-                files += stream.files
-                records[rtype.name] = stream.records
-                if stream.rejects:
-                    reject_parts.append(stream.rejects)
-            if ops:
-                stream = _write_ops(db, staging.path, formats, filters, batch_size, progress)
-                files += stream.files
-                records[OPS.name] = stream.records
-                if stream.rejects:
-                    reject_parts.append(stream.rejects)
             media = MediaResult()
-            if include_media and any(r.name == "posts" for r in rtypes):
-                media = copy_media(db, staging.path, filters, progress)
-                files += media.files
+            for name, _ in streams:  # in stream order, whichever finished first
+                result = done[name]
+                if isinstance(result, MediaResult):
+                    media = result
+                    files += media.files
+                    continue
+                assert isinstance(result, _Stream)
+                files += result.files
+                records[name] = result.records
+                if result.rejects:
+                    reject_parts.append(result.rejects)
             rejects = sum(n for _, n in reject_parts)
             if reject_parts:
                 files.append(concat_files(staging.path, REJECTS, reject_parts))
@@ -224,6 +237,7 @@ def _write_all(
     filters: Filters,
     batch_size: int,
     progress: Progress,
+    budget: _Budget,
 ) -> _Stream:
     """Convert while reading, sort what was converted, then write it in export order.
 
@@ -233,7 +247,9 @@ def _write_all(
     (instant, key) and come back bucket by bucket for the sinks.
     """
     wanted = frozenset(formats)
-    source = db.read(rtype, filters, batch_size, spill_dir=folder, reads=Reads(*transforms.reads(rtype, wanted)))
+    source = db.read(
+        rtype, filters, batch_size, folder, Reads(*transforms.reads(rtype, wanted)), bucket_bytes=budget.bucket_bytes
+    )
     sinks: dict[str, Sink] = {}
     reject_sink: NdjsonSink | None = None
     rejects = 0
@@ -242,7 +258,8 @@ def _write_all(
     try:
         key = _sort_key(rtype, wanted)
         with source.sorter([NINST, key]) as rows, source.sorter([NINST, KEY, "_col"]) as bad:
-            for n, (rows_out, bad_out) in _convert_all(rtype, pages, wanted):
+            for n, (rows_out, bad_out) in _convert_all(rtype, pages, wanted, budget.converters):
+                budget.check()
                 try:
                     rows.add(rows_out)
                     bad.add(bad_out)
@@ -262,6 +279,7 @@ def _write_all(
             try:
                 for table in ordered:
                     for chunk in table.to_batches(max_chunksize=WRITE_ROWS):
+                        budget.check()
                         _write(sinks, formats, chunk, rtype, key)
                         progress.advance(chunk.num_rows)
             except OSError as e:  # reading a bucket back (the sinks' errors are ExportErrors)
@@ -272,10 +290,14 @@ def _write_all(
                 ) from None
             finally:
                 ordered.close()
-            for table in bad.sorted():
-                reject_sink = reject_sink or NdjsonSink(folder, f".{rtype.name}.{REJECTS}")
-                reject_sink.write(_reject_lines(table.select(transforms.REJECT_SCHEMA.names)))
-                rejects += table.num_rows
+            try:
+                for table in bad.sorted():
+                    reject_sink = reject_sink or NdjsonSink(folder, f".{rtype.name}.{REJECTS}")
+                    reject_sink.write(_reject_lines(table.select(transforms.REJECT_SCHEMA.names)))
+                    rejects += table.num_rows
+            except OSError as e:
+                message = f"writing rejects failed: {e.strerror or e}"
+                raise ExportError(message, record_type=rtype.name, key_range=bad.span(bad.reading)) from None
         if source.unplaced.keys:
             reject_sink = reject_sink or NdjsonSink(folder, f".{rtype.name}.{REJECTS}")
             reject_sink.write(_reject_lines(_unplaced_rejects(rtype, source)))
@@ -298,7 +320,13 @@ def _write_all(
 
 
 def _write_ops(
-    db: Archive, folder: Path, formats: Sequence[str], filters: Filters, batch_size: int, progress: Progress
+    db: Archive,
+    folder: Path,
+    formats: Sequence[str],
+    filters: Filters,
+    batch_size: int,
+    progress: Progress,
+    budget: _Budget,
 ) -> _Stream:
     """The ``ops`` table in ``seq`` order, split into ``ops/<type>.<action>.<ext>``.
 
@@ -318,7 +346,8 @@ def _write_ops(
     progress.start("ops", source.total)
     pages = prefetch(source.pages(), _PREFETCH)
     try:
-        for page, (rows_out, bad_out) in _convert_in_order(rtype, pages, wanted):
+        for page, (rows_out, bad_out) in _convert_in_order(rtype, pages, wanted, budget.converters):
+            budget.check()
             stems = _op_stems(page)
             for stem in stems.unique(maintain_order=True).to_list():
                 part = rows_out.filter((stems == stem).to_arrow()) if stems.n_unique() > 1 else rows_out
@@ -375,15 +404,15 @@ def _op_stems(page: pa.Table) -> pl.Series:
 
 
 def _convert_in_order(
-    rtype: RecordType, pages: Iterable[pa.Table], formats: frozenset[str]
+    rtype: RecordType, pages: Iterable[pa.Table], formats: frozenset[str], converters: int = CONVERTERS
 ) -> Iterator[tuple[pa.Table, tuple[pa.Table, pa.Table]]]:
-    """Like ``_convert_all``, but results come back in page order (at most CONVERTERS ahead)."""
-    with ThreadPoolExecutor(CONVERTERS, thread_name_prefix="convert") as pool:
+    """Like ``_convert_all``, but results come back in page order (at most ``converters`` ahead)."""
+    with ThreadPoolExecutor(converters, thread_name_prefix="convert") as pool:
         running: collections.deque[tuple[pa.Table, Future[tuple[pa.Table, pa.Table]]]] = collections.deque()
         try:
             for page in pages:
                 running.append((page, pool.submit(_convert, rtype, page, formats)))
-                if len(running) > CONVERTERS:
+                if len(running) > converters:
                     done, future = running.popleft()
                     yield done, future.result()
             while running:
@@ -399,11 +428,11 @@ CSV_PREFIX = "csv:"
 
 
 def _convert_all(
-    rtype: RecordType, pages: Iterable[pa.Table], formats: frozenset[str]
+    rtype: RecordType, pages: Iterable[pa.Table], formats: frozenset[str], converters: int = CONVERTERS
 ) -> Iterator[tuple[int, tuple[pa.Table, pa.Table]]]:
-    """Convert pages on CONVERTERS threads (Polars and pyarrow release the GIL), at most
+    """Convert pages on ``converters`` threads (Polars and pyarrow release the GIL), at most
     that many pages in flight. Results come back in any order: they are sorted next."""
-    with ThreadPoolExecutor(CONVERTERS, thread_name_prefix="convert") as pool:
+    with ThreadPoolExecutor(converters, thread_name_prefix="convert") as pool:
         running: set[Future[tuple[pa.Table, pa.Table]]] = set()
         sizes: dict[Future[tuple[pa.Table, pa.Table]], int] = {}
         try:
@@ -411,7 +440,7 @@ def _convert_all(
                 future = pool.submit(_convert, rtype, page, formats)
                 sizes[future] = page.num_rows
                 running.add(future)
-                if len(running) >= CONVERTERS:
+                if len(running) >= converters:
                     done, running = wait(running, return_when=FIRST_COMPLETED)
                     for f in done:
                         yield sizes.pop(f), f.result()
@@ -561,3 +590,79 @@ def prefetch(items: Iterable[T], depth: int) -> Generator[T, None, None]:
                 pending = pending or e
         if pending is not None:
             raise pending
+
+
+# --- streams --------------------------------------------------------------------------
+
+
+class Cancelled(Exception):  # noqa: N818 - a control signal, not an error to report
+    """Another stream failed (or the run was interrupted): stop now."""
+
+
+@dataclass(frozen=True)
+class _Budget:
+    """What one stream may use while ``jobs`` streams share the machine: its sort buckets'
+    size, its converter threads, and the flag that stops it when another stream fails."""
+
+    bucket_bytes: int
+    converters: int
+    cancel: threading.Event
+
+    def check(self) -> None:
+        if self.cancel.is_set():
+            raise Cancelled
+
+
+def _run_streams(
+    streams: list[tuple[str, Callable[[Progress, _Budget], object]]], jobs: int | None, progress: Progress
+) -> dict[str, object]:
+    """Run each stream (name, fn(progress, budget)); ``jobs`` at a time. Returns name → result.
+
+    One stream failing sets the shared cancel flag: the others stop at their
+    next page, chunk or file (well under a second), and the first failure is
+    raised. So does an interrupt, after the streams have stopped.
+    """
+    if not streams:
+        return {}
+    jobs = min(jobs or os.cpu_count() or 1, len(streams))
+    cancel = threading.Event()
+    # Memory is shared: each of the streams running at once gets its share of
+    # the sort buckets and of the converter threads.
+    budget = _Budget(max(1, source_module.BUCKET_BYTES // jobs), max(1, CONVERTERS // jobs), cancel)
+    display = Streams(progress)
+    try:
+        if jobs == 1:
+            return {name: fn(display.stream(name), budget) for name, fn in streams}
+        with ThreadPoolExecutor(jobs, thread_name_prefix="stream") as pool:
+            futures = {pool.submit(fn, display.stream(name), budget): name for name, fn in streams}
+            try:
+                finished, _ = wait(futures, return_when=FIRST_EXCEPTION)
+                failed = [f for f in finished if f.exception() is not None]
+                if failed:
+                    cancel.set()
+                    wait(futures)
+                    errors = [f.exception() for f in futures if f.exception() is not None]
+                    first = next((e for e in errors if not isinstance(e, Cancelled)), errors[0])
+                    raise first  # type: ignore[misc]
+            except BaseException:
+                cancel.set()
+                for f in futures:
+                    f.cancel()
+                _wait_uninterrupted(futures)
+                raise
+            return {futures[f]: f.result() for f in futures}
+    finally:
+        display.stop()
+
+
+def _wait_uninterrupted(futures: Iterable[Future[object]]) -> None:
+    """Wait for running streams to stop even if another interrupt comes meanwhile."""
+    pending: BaseException | None = None
+    while True:
+        try:
+            wait(futures)
+            break
+        except BaseException as e:
+            pending = pending or e
+    if pending is not None:
+        raise pending

@@ -200,6 +200,7 @@ class Archive:
         batch_size: int = 1000,
         spill_dir: str | os.PathLike[str] | None = None,
         reads: Reads | None = None,
+        bucket_bytes: int | None = None,
     ) -> RecordSource:
         """The rows of ``rtype`` that pass ``filters``, in export order, as record batches.
 
@@ -207,7 +208,7 @@ class Archive:
         temp folder). ``reads`` narrows what is read (the rest comes back NULL).
         """
         self.check(rtype)
-        source = RecordSource(self, rtype, filters, batch_size, spill_dir, reads=reads)
+        source = RecordSource(self, rtype, filters, batch_size, spill_dir, bucket_bytes=bucket_bytes, reads=reads)
         self._sources.append(source)
         return source
 

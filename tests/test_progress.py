@@ -33,5 +33,5 @@ def test_cli_prints_plain_progress_when_not_a_tty(fixture_archive, tmp_path):
                    env={**__import__("os").environ, "PIPELINE_PROGRESS_INTERVAL": "0.01"})  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     lines = proc.stderr.splitlines()
-    assert any(line.startswith("posts: ") and "records/s" in line for line in lines[:-1])
+    assert any("posts: " in line and "records/s" in line for line in lines[:-1])
     assert lines[-1].startswith("Exported ")
