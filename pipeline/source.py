@@ -291,11 +291,15 @@ class RecordSource:
         counts, rows = [], 0
         try:
             batch = pa.record_batch(params, names=["p0"]) if params else None
-            for chunk in _query(self._conn, sql, batch, PLAN_ROWS):
-                rows += chunk.num_rows
-                sample = pl.from_arrow(chunk.column(0)).gather_every(PLAN_SAMPLE)  # type: ignore[union-attr]
-                keep, ninst = self._placed(parse_instants(sample))
-                counts.append(ninst.filter(keep).rename("k").value_counts(sort=False, name="n"))
+            reader = _query(self._conn, sql, batch, PLAN_ROWS)
+            try:
+                for chunk in reader:
+                    rows += chunk.num_rows
+                    sample = pl.from_arrow(chunk.column(0)).gather_every(PLAN_SAMPLE)  # type: ignore[union-attr]
+                    keep, ninst = self._placed(parse_instants(sample))
+                    counts.append(ninst.filter(keep).rename("k").value_counts(sort=False, name="n"))
+            finally:
+                reader.close()  # its statement too, so the connection can close after an error
         except adbc.Error as e:
             raise ExportError(
                 f"reading the archive failed: {_adbc_message(e)}", record_type=r.name, key_range="planning"
@@ -474,8 +478,12 @@ def _query(
     conn: adbc.AdbcConnection, sql: str, params: pa.RecordBatch | None = None, rows: int | None = None
 ) -> pa.RecordBatchReader:
     st = _statement(conn, sql, params, rows)
-    handle, _ = st.execute_query()
-    reader = pa.RecordBatchReader.from_stream(handle)
+    try:
+        handle, _ = st.execute_query()
+        reader = pa.RecordBatchReader.from_stream(handle)
+    except BaseException:
+        st.close()  # or the connection cannot be closed after the error
+        raise
     # The statement must outlive the stream it produced.
     return _Owned(reader, st)
 
@@ -486,6 +494,7 @@ class _Owned:
     def __init__(self, reader: pa.RecordBatchReader, statement: adbc.AdbcStatement):
         self._reader = reader
         self._statement = statement
+        self._closed = False
 
     def __iter__(self) -> Iterator[pa.RecordBatch]:
         try:
@@ -500,5 +509,8 @@ class _Owned:
             self.close()
 
     def close(self) -> None:
-        self._reader.close()
-        self._statement.close()
+        """Idempotent: exhausting the reader closes it too."""
+        if not self._closed:
+            self._closed = True
+            self._reader.close()
+            self._statement.close()

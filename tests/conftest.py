@@ -54,3 +54,11 @@ def run_cli(*args: str | os.PathLike[str], **kwargs) -> subprocess.CompletedProc
         timeout=kwargs.pop("timeout", 300),
         **kwargs,
     )
+
+
+@pytest.fixture(scope="session")
+def archive_150k(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Big enough that a whole export takes seconds (for timing a cancelled run against)."""
+    path = tmp_path_factory.mktemp("archives") / "posts150k.db"
+    make_archive(path, posts=150_000, seed=11)
+    return path
