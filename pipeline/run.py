@@ -254,7 +254,7 @@ def _write_all(
     reject_sink: NdjsonSink | None = None
     rejects = 0
     progress.start(f"{rtype.name}: converting", source.total)
-    pages = prefetch(source.pages(), _PREFETCH)
+    pages = prefetch(source.pages(), budget.prefetch)
     try:
         key = _sort_key(rtype, wanted)
         with source.sorter([NINST, key]) as rows, source.sorter([NINST, KEY, "_col"]) as bad:
@@ -344,7 +344,7 @@ def _write_ops(
     reject_sink: NdjsonSink | None = None
     rejects = 0
     progress.start("ops", source.total)
-    pages = prefetch(source.pages(), _PREFETCH)
+    pages = prefetch(source.pages(), budget.prefetch)
     try:
         for page, (rows_out, bad_out) in _convert_in_order(rtype, pages, wanted, budget.converters):
             budget.check()
@@ -404,23 +404,22 @@ def _op_stems(page: pa.Table) -> pl.Series:
 
 
 def _convert_in_order(
-    rtype: RecordType, pages: Iterable[pa.Table], formats: frozenset[str], converters: int = CONVERTERS
+    rtype: RecordType, pages: Iterable[pa.Table], formats: frozenset[str], pool: ThreadPoolExecutor
 ) -> Iterator[tuple[pa.Table, tuple[pa.Table, pa.Table]]]:
-    """Like ``_convert_all``, but results come back in page order (at most ``converters`` ahead)."""
-    with ThreadPoolExecutor(converters, thread_name_prefix="convert") as pool:
-        running: collections.deque[tuple[pa.Table, Future[tuple[pa.Table, pa.Table]]]] = collections.deque()
-        try:
-            for page in pages:
-                running.append((page, pool.submit(_convert, rtype, page, formats)))
-                if len(running) > converters:
-                    done, future = running.popleft()
-                    yield done, future.result()
-            while running:
+    """Like ``_convert_all``, but results come back in page order (at most CONVERTERS ahead)."""
+    running: collections.deque[tuple[pa.Table, Future[tuple[pa.Table, pa.Table]]]] = collections.deque()
+    try:
+        for page in pages:
+            running.append((page, pool.submit(_convert, rtype, page, formats)))
+            if len(running) > CONVERTERS:
                 done, future = running.popleft()
                 yield done, future.result()
-        finally:
-            for _, f in running:
-                f.cancel()
+        while running:
+            done, future = running.popleft()
+            yield done, future.result()
+    finally:
+        for _, f in running:
+            f.cancel()
 
 
 KEY = "_key"
@@ -428,27 +427,26 @@ CSV_PREFIX = "csv:"
 
 
 def _convert_all(
-    rtype: RecordType, pages: Iterable[pa.Table], formats: frozenset[str], converters: int = CONVERTERS
+    rtype: RecordType, pages: Iterable[pa.Table], formats: frozenset[str], pool: ThreadPoolExecutor
 ) -> Iterator[tuple[int, tuple[pa.Table, pa.Table]]]:
-    """Convert pages on ``converters`` threads (Polars and pyarrow release the GIL), at most
-    that many pages in flight. Results come back in any order: they are sorted next."""
-    with ThreadPoolExecutor(converters, thread_name_prefix="convert") as pool:
-        running: set[Future[tuple[pa.Table, pa.Table]]] = set()
-        sizes: dict[Future[tuple[pa.Table, pa.Table]], int] = {}
-        try:
-            for page in pages:
-                future = pool.submit(_convert, rtype, page, formats)
-                sizes[future] = page.num_rows
-                running.add(future)
-                if len(running) >= converters:
-                    done, running = wait(running, return_when=FIRST_COMPLETED)
-                    for f in done:
-                        yield sizes.pop(f), f.result()
-            for f in as_completed(running):
-                yield sizes.pop(f), f.result()
-        finally:
-            for f in running:
-                f.cancel()
+    """Convert pages on the converter ``pool`` (Polars and pyarrow release the GIL), at most
+    CONVERTERS pages of this stream in flight. Results come back in any order: they are sorted next."""
+    running: set[Future[tuple[pa.Table, pa.Table]]] = set()
+    sizes: dict[Future[tuple[pa.Table, pa.Table]], int] = {}
+    try:
+        for page in pages:
+            future = pool.submit(_convert, rtype, page, formats)
+            sizes[future] = page.num_rows
+            running.add(future)
+            if len(running) >= CONVERTERS:
+                done, running = wait(running, return_when=FIRST_COMPLETED)
+                for f in done:
+                    yield sizes.pop(f), f.result()
+        for f in as_completed(running):
+            yield sizes.pop(f), f.result()
+    finally:
+        for f in running:
+            f.cancel()
 
 
 def _convert(rtype: RecordType, page: pa.Table, formats: frozenset[str]) -> tuple[pa.Table, pa.Table]:
@@ -602,11 +600,13 @@ class Cancelled(Exception):  # noqa: N818 - a control signal, not an error to re
 @dataclass(frozen=True)
 class _Budget:
     """What one stream may use while ``jobs`` streams share the machine: its sort buckets'
-    size, its converter threads, and the flag that stops it when another stream fails."""
+    size, the converter threads (one pool for all), and the flag that stops it when another
+    stream fails."""
 
     bucket_bytes: int
-    converters: int
+    converters: ThreadPoolExecutor  # shared by all streams: a stream that ends leaves its share to the rest
     cancel: threading.Event
+    prefetch: int = _PREFETCH  # pages read ahead
 
     def check(self) -> None:
         if self.cancel.is_set():
@@ -628,7 +628,10 @@ def _run_streams(
     cancel = threading.Event()
     # Memory is shared: each of the streams running at once gets its share of
     # the sort buckets and of the converter threads.
-    budget = _Budget(max(1, source_module.BUCKET_BYTES // jobs), max(1, CONVERTERS // jobs), cancel)
+    converters = ThreadPoolExecutor(CONVERTERS, thread_name_prefix="convert")
+    # Streams at once share the memory: each reads one page ahead instead of two
+    # (sort buckets keep their size: halving them cost more time than it saved).
+    budget = _Budget(source_module.BUCKET_BYTES, converters, cancel, _PREFETCH if jobs == 1 else 1)
     display = Streams(progress)
     try:
         if jobs == 1:
@@ -652,6 +655,7 @@ def _run_streams(
                 raise
             return {futures[f]: f.result() for f in futures}
     finally:
+        converters.shutdown(wait=True, cancel_futures=True)
         display.stop()
 
 
