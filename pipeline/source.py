@@ -251,11 +251,14 @@ class RecordSource:
         except adbc.Error as e:
             self.close()
             raise ExportError(f"reading the archive failed: {_adbc_message(e)}", record_type=rtype.name) from None
+        except BaseException:  # the plan's own errors: the connection must not outlive the source
+            self.close()
+            raise
 
     def close(self) -> None:
         if not self._closed:
+            self._conn.close()  # raises while a statement is open: then it is not marked closed
             self._closed = True
-            self._conn.close()
 
     # -- reading -----------------------------------------------------------------
 

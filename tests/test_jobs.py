@@ -72,4 +72,4 @@ def test_one_failing_stream_fails_the_run_promptly(archive_150k, tmp_path, table
                      "-f", "ndjson", "--ops", "--jobs", "4", "-q")  # fmt: skip
         full_run = time.monotonic() - started
         assert ok.returncode == 0, ok.stderr
-        assert full_run > failed_after + 2, (failed_after, full_run)
+        assert failed_after < full_run / 2, (failed_after, full_run)
