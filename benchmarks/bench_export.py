@@ -88,18 +88,23 @@ def timed(cmd: list[str], stdout=subprocess.DEVNULL, env: dict[str, str] | None 
     return wall, usage.ru_maxrss
 
 
-def export_cmd(db: Path, out: Path, formats: tuple[str, ...] = ("csv",)) -> list[str]:
+def export_cmd(
+    db: Path, out: Path, formats: tuple[str, ...] = ("csv",), extra: tuple[str, ...] = ("--types", "posts")
+) -> list[str]:
+    """The CLI export of ``db``; by default posts only (what the sqlite3 peer dumps)."""
     fmts = [x for f in formats for x in ("--format", f)]
-    return [sys.executable, str(ROOT / "cli.py"), "run", "export", str(db), "--out", str(out), *fmts, "-q"]
+    return [sys.executable, str(ROOT / "cli.py"), "run", "export", str(db), "--out", str(out), *fmts, *extra, "-q"]
 
 
-def memray_peak(db: Path, work: Path, formats: tuple[str, ...]) -> tuple[int, int]:
+def memray_peak(
+    db: Path, work: Path, formats: tuple[str, ...], extra: tuple[str, ...] = ("--types", "posts")
+) -> tuple[int, int]:
     """memray's peak heap (bytes) and the process's peak RSS (KiB) for one export."""
-    trace = work / f"export-{'-'.join(formats)}.bin"
+    trace = work / f"export-{'-'.join(formats)}-{len(extra)}.bin"
     out = work / f"memray-{'-'.join(formats)}"
     code = (
         "import sys, memray\n"
-        f"sys.argv = {['pipeline', *export_cmd(db, out, formats)[2:]]!r}\n"
+        f"sys.argv = {['pipeline', *export_cmd(db, out, formats, extra)[2:]]!r}\n"
         f"sys.path.insert(0, {str(ROOT)!r})\n"
         f"with memray.Tracker({str(trace)!r}):\n"
         "    import cli\n"
