@@ -251,8 +251,7 @@ def _write_all(
         rtype, filters, batch_size, folder, Reads(*transforms.reads(rtype, wanted)), bucket_bytes=budget.bucket_bytes
     )
     sinks: dict[str, Sink] = {}
-    reject_sink: NdjsonSink | None = None
-    rejects = 0
+    rejects = _RejectLog(folder, rtype)
     progress.start(f"{rtype.name}: converting", source.total)
     pages = prefetch(source.pages(), budget.prefetch)
     try:
@@ -292,26 +291,17 @@ def _write_all(
                 ordered.close()
             try:
                 for table in bad.sorted():
-                    reject_sink = reject_sink or NdjsonSink(folder, f".{rtype.name}.{REJECTS}")
-                    reject_sink.write(_reject_lines(table.select(transforms.REJECT_SCHEMA.names)))
-                    rejects += table.num_rows
+                    rejects.write(table)
             except OSError as e:
                 message = f"writing rejects failed: {e.strerror or e}"
                 raise ExportError(message, record_type=rtype.name, key_range=bad.span(bad.reading)) from None
-        if source.unplaced.keys:
-            reject_sink = reject_sink or NdjsonSink(folder, f".{rtype.name}.{REJECTS}")
-            reject_sink.write(_reject_lines(_unplaced_rejects(rtype, source)))
-            rejects += len(source.unplaced.keys)
+        rejects.unplaced(source)
         results = [sinks[fmt].close() for fmt in formats]
-        part = None
-        if reject_sink is not None:
-            reject_sink.close()
-            part = (folder / reject_sink.name, rejects)
-        return _Stream(results, source.total, part)
+        return _Stream(results, source.total, rejects.close())
     except BaseException:
-        for s in [*sinks.values(), reject_sink]:
-            if s is not None:
-                s.abort()
+        for s in sinks.values():
+            s.abort()
+        rejects.abort()
         raise
     finally:
         pages.close()  # stops the reader thread before its connection closes
@@ -341,8 +331,7 @@ def _write_ops(
     (folder / "ops").mkdir()
     key = _sort_key(rtype, wanted)
     sinks: dict[tuple[str, str], Sink] = {}  # (file stem, format)
-    reject_sink: NdjsonSink | None = None
-    rejects = 0
+    rejects = _RejectLog(folder, rtype)
     progress.start("ops", source.total)
     pages = prefetch(source.pages(), budget.prefetch)
     try:
@@ -357,30 +346,21 @@ def _write_ops(
                 for chunk in part.to_batches(max_chunksize=WRITE_ROWS):
                     _write({fmt: sinks[stem, fmt] for fmt in formats}, formats, chunk, rtype, key)
             if bad_out.num_rows:
-                reject_sink = reject_sink or NdjsonSink(folder, f".{rtype.name}.{REJECTS}")
-                reject_sink.write(_reject_lines(bad_out.select(transforms.REJECT_SCHEMA.names)))
-                rejects += bad_out.num_rows
+                rejects.write(bad_out)
             progress.advance(page.num_rows)
         pages.close()
-        if source.unplaced.keys:
-            reject_sink = reject_sink or NdjsonSink(folder, f".{rtype.name}.{REJECTS}")
-            reject_sink.write(_reject_lines(_unplaced_rejects(rtype, source)))
-            rejects += len(source.unplaced.keys)
+        rejects.unplaced(source)
         if not sinks:
             (folder / "ops").rmdir()  # no op passed the filters: no files, no folder
         results = []
         for stem, fmt in sorted(sinks):  # the manifest lists them by name
             result = sinks[stem, fmt].close()
             results.append(replace(result, path=f"ops/{result.path}"))
-        part_file = None
-        if reject_sink is not None:
-            reject_sink.close()
-            part_file = (folder / reject_sink.name, rejects)
-        return _Stream(results, source.total, part_file)
+        return _Stream(results, source.total, rejects.close())
     except BaseException:
-        for s in [*sinks.values(), reject_sink]:
-            if s is not None:
-                s.abort()
+        for s in sinks.values():
+            s.abort()
+        rejects.abort()
         raise
     finally:
         pages.close()
@@ -517,6 +497,41 @@ def _open_sink(folder: Path, rtype: RecordType, fmt: str, stem: str | None = Non
     if fmt == "csv":
         return SINKS[fmt](folder, name, transforms.csv_schema(rtype))
     return SINKS[fmt](folder, name)
+
+
+class _RejectLog:
+    """One stream's rejects, written as they come to a hidden part file (joined at the end)."""
+
+    def __init__(self, folder: Path, rtype: RecordType):
+        self._folder, self._rtype = folder, rtype
+        self._sink: NdjsonSink | None = None
+        self.count = 0
+
+    def _lines(self, lines: pa.RecordBatch, n: int) -> None:
+        self._sink = self._sink or NdjsonSink(self._folder, f".{self._rtype.name}.{REJECTS}")
+        self._sink.write(lines)
+        self.count += n
+
+    def write(self, bad: pa.Table) -> None:
+        """Rejects as the transforms give them (with sort columns, which are not written)."""
+        if bad.num_rows:
+            self._lines(_reject_lines(bad.select(transforms.REJECT_SCHEMA.names)), bad.num_rows)
+
+    def unplaced(self, source: RecordSource) -> None:
+        """The rows a time filter left out because their time is not an instant."""
+        if source.unplaced.keys:
+            self._lines(_reject_lines(_unplaced_rejects(self._rtype, source)), len(source.unplaced.keys))
+
+    def close(self) -> tuple[Path, int] | None:
+        """The part file and its count, or None if there was no reject."""
+        if self._sink is None:
+            return None
+        self._sink.close()
+        return self._folder / self._sink.name, self.count
+
+    def abort(self) -> None:
+        if self._sink is not None:
+            self._sink.abort()
 
 
 def _reject_lines(bad: pa.RecordBatch) -> pa.RecordBatch:

@@ -227,23 +227,7 @@ def _ordered_rows(
 
 
 def expected_posts(db: str, *, did: str | None = None, since: int | None = None, until: int | None = None) -> Expected:
-    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
-    cols = ", ".join(POST_COLUMNS)
-    rows = [dict(zip(POST_COLUMNS, r, strict=True)) for r in con.execute(f"SELECT {cols} FROM posts")]
-    con.close()
-    if did is not None:
-        rows = [r for r in rows if r["did"] == did]
-    timed = since is not None or until is not None
-    kept, unplaced = [], []
-    for r in rows:
-        t = instant(as_text(r["created_at"]))
-        if t is None:
-            (unplaced if timed else kept).append((None, r))
-        elif (since is None or t >= since) and (until is None or t <= until):
-            kept.append((t, r))
-    placed = sorted([x for x in kept if x[0] is not None], key=lambda x: (-x[0], x[1]["uri"]))
-    unp = sorted([x for x in kept if x[0] is None], key=lambda x: x[1]["uri"])
-    ordered = [r for _, r in placed + unp]
+    ordered, unplaced = _ordered_rows(db, "posts", POST_COLUMNS, did=did, since=since, until=until)
 
     csv_rows = [CSV_HEADER]
     objects: list[dict[str, object]] = []
@@ -325,7 +309,7 @@ def expected_posts(db: str, *, did: str | None = None, since: int | None = None,
                 o[c] = val if ok else as_text(r[c])
         o["archived_at"] = ts["archived_at"][1]
         objects.append(o)
-    for _, r in unplaced:
+    for r in unplaced:
         rejects.append({"key": r["uri"], "column": "created_at", "value": as_text(r["created_at"]), "kind": "unplaced"})
     return Expected(csv_rows, objects, rejects)
 
