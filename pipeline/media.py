@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import re
 import stat
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -72,9 +73,10 @@ def media_rows(archive: Archive, filters: Filters) -> pl.DataFrame:
     where, params = "", None
     if filters.did is not None:
         where, params = " WHERE p.did = ?", pa.record_batch([pa.array([filters.did], pa.string())], names=["p0"])
+    # As bytes: a stored value need not be UTF-8, and a path is bytes to the OS anyway.
     sql = (
-        "SELECT CAST(m.hash AS TEXT) AS hash, CAST(m.mime_type AS TEXT) AS mime_type,"
-        " CAST(m.file_path AS TEXT) AS file_path, CAST(p.created_at AS TEXT) AS created_at"
+        "SELECT CAST(m.hash AS BLOB) AS hash, CAST(m.mime_type AS BLOB) AS mime_type,"
+        " CAST(m.file_path AS BLOB) AS file_path, CAST(p.created_at AS TEXT) AS created_at"
         f" FROM main.media AS m JOIN main.posts AS p ON p.uri = m.post_uri{where}"
     )
     conn = adbc.AdbcConnection(archive._db)
@@ -84,7 +86,7 @@ def media_rows(archive: Archive, filters: Filters) -> pl.DataFrame:
         raise ExportError(f"reading the archive failed: {_adbc_message(e)}", record_type="media") from None
     finally:
         conn.close()
-    schema = pa.schema([(n, pa.string()) for n in ("hash", "mime_type", "file_path", "created_at")])
+    schema = pa.schema([*((n, pa.binary()) for n in ("hash", "mime_type", "file_path")), ("created_at", pa.string())])
     df = pl.from_arrow(table.cast(schema))
     assert isinstance(df, pl.DataFrame)
     if filters.since is not None or filters.until is not None:
@@ -110,10 +112,10 @@ def copy_media(archive: Archive, folder: Path, filters: Filters, progress: Progr
     result = MediaResult()
     progress.start("media", len(rows))
     try:
+        check = budget.check if budget is not None else (lambda: None)
         for blob_hash, mime, file_path in rows.iter_rows():
-            if budget is not None:
-                budget.check()  # another stream failed: stop
-            _copy_one(blob_hash, mime, file_path, root, out_dir, result)
+            check()  # another stream failed: stop
+            _copy_one(blob_hash, mime, file_path, root, out_dir, result, check)
             progress.advance(1)
     finally:
         progress.stop()
@@ -122,17 +124,33 @@ def copy_media(archive: Archive, folder: Path, filters: Filters, progress: Progr
     return result
 
 
+def _text(value: bytes | None) -> str | None:
+    """A stored value for the manifest: UTF-8, with any invalid byte shown as U+FFFD."""
+    return None if value is None else value.decode("utf-8", errors="replace")
+
+
 def _copy_one(
-    blob_hash: str | None, mime: str | None, file_path: str | None, root: Path, out_dir: Path, result: MediaResult
+    raw_hash: bytes | None,
+    raw_mime: bytes | None,
+    file_path: bytes | None,
+    root: Path,
+    out_dir: Path,
+    result: MediaResult,
+    check: Callable[[], None],
 ) -> None:
-    entry = {"hash": blob_hash, "file_path": file_path}
+    blob_hash = _text(raw_hash)
+    entry = {"hash": blob_hash, "file_path": _text(file_path)}
     if blob_hash is None or not _SAFE_NAME.fullmatch(blob_hash):
         result.refused.append({**entry, "reason": "the hash is not a safe file name"})
         return
     if not file_path:
         result.missing.append({**entry, "reason": "no file_path"})
         return
-    source = Path(file_path) if os.path.isabs(file_path) else root / file_path
+    if b"\0" in file_path:
+        result.refused.append({**entry, "reason": "file_path holds a NUL byte"})
+        return
+    path = os.fsdecode(file_path)  # undecodable bytes survive as surrogate escapes
+    source = Path(path) if os.path.isabs(path) else root / path
     real = Path(os.path.realpath(source))
     if real != root and root not in real.parents:
         result.refused.append({**entry, "reason": "file_path leads outside the archive's folder"})
@@ -146,7 +164,7 @@ def _copy_one(
         os.close(fd)
         result.missing.append({**entry, "reason": "not a regular file"})
         return
-    name = f"{blob_hash}.{extension(mime)}"
+    name = f"{blob_hash}.{extension(_text(raw_mime))}"
     with os.fdopen(fd, "rb") as src:
         out_dir.mkdir(exist_ok=True)
         out = _HashingFile(out_dir / name)
@@ -161,6 +179,7 @@ def _copy_one(
                 if not chunk:
                     break
                 out.write(chunk)
+                check()  # a big file does not hold up stopping
             digest = out.finish()
         except BaseException:
             out.discard()

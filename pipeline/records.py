@@ -166,8 +166,9 @@ OPS = RecordType(
     by_key=True,
 )
 
-# Which record type an op's collection is, for its file name; other collections keep their NSID.
+# Which record type an op's collection is, for its file name (others go to ``other``).
 COLLECTION_TYPES = {"app.bsky.feed.post": "posts", "app.bsky.feed.like": "likes", "app.bsky.graph.follow": "follows"}
+OP_ACTIONS = ("create", "update", "delete")
 
 # In export order: the order files are written and listed in the manifest.
 RECORD_TYPES: dict[str, RecordType] = {r.name: r for r in (POSTS, LIKES, FOLLOWS)}

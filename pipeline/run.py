@@ -29,7 +29,7 @@ from .errors import ArchiveError, ExportError, PipelineError, UsageError
 from .media import MediaResult, copy_media
 from .progress import Progress, Streams
 from .publish import TOOL, Staging
-from .records import COLLECTION_TYPES, OPS, RECORD_TYPES, RecordType
+from .records import COLLECTION_TYPES, OP_ACTIONS, OPS, RECORD_TYPES, RecordType
 from .sinks import SINKS, FileResult, NdjsonSink, Sink, concat_files
 from .sort import NINST
 from .source import Archive, Filters, Reads, RecordSource, key_range, range_metadata
@@ -369,18 +369,15 @@ def _write_ops(
 
 
 def _op_stems(page: pa.Table) -> pl.Series:
-    """Each op's file stem, ``<type>.<action>``: the collection's record type (its NSID
-    if it is none of ours) and the action; characters other than ``A-Za-z0-9._-``
-    become ``_``, and so does a leading ``.``."""
+    """Each op's file stem, ``<type>.<action>``: ``posts``, ``likes`` or ``follows`` by the
+    collection and ``other`` for any other collection; the action if it is one of the three
+    the schema allows, else ``other``. So there are at most 16 stems: file names stay short
+    and safe, and the files open at once stay few, whatever the table holds."""
     df = pl.from_arrow(page.select(["collection", "action"]))
     assert isinstance(df, pl.DataFrame)
-    collection = pl.col("collection").fill_null("unknown")
-    kind = collection.replace(COLLECTION_TYPES)
-    safe = r"[^A-Za-z0-9._-]"
-    stem = pl.concat_str(
-        kind.str.replace_all(safe, "_"), pl.lit("."), pl.col("action").fill_null("unknown").str.replace_all(safe, "_")
-    )
-    return df.select(stem.str.replace(r"^\.", "_")).to_series()  # never a hidden file
+    kind = pl.col("collection").replace_strict(COLLECTION_TYPES, default="other", return_dtype=pl.String)
+    action = pl.when(pl.col("action").is_in(OP_ACTIONS)).then(pl.col("action")).otherwise(pl.lit("other"))
+    return df.select(pl.concat_str(kind, pl.lit("."), action)).to_series()
 
 
 def _convert_in_order(

@@ -13,6 +13,7 @@ import contextlib
 import os
 import shutil
 import tempfile
+import threading
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -52,7 +53,7 @@ class Plan:
 
 
 def _max_open() -> int:
-    """Bucket files one sorter keeps open: a quarter of the descriptor limit, 8 to 256."""
+    """Half of the bucket-file budget: a quarter of the descriptor limit, 8 to 256."""
     try:
         import resource
 
@@ -64,12 +65,16 @@ def _max_open() -> int:
     return max(8, min(256, soft // 4))
 
 
-# At most this many bucket files are open for writing at once; a bucket whose
-# writer was closed to make room gets another part file when it next has rows.
+# Bucket files open for writing, over all sorters alive at once (parallel
+# streams each have two): each sorter keeps at most its share, MAX_OPEN divided
+# by the live sorters; a bucket whose writer was closed to make room gets
+# another part file when it next has rows.
 # Rows arrive in table order, which need not follow time, so every page may
 # touch every bucket: with fewer writers than buckets, files are split into
 # many small parts (1M posts in 80 buckets took 6-7 s with 64, 5.7 s with 256).
-MAX_OPEN = _max_open()
+MAX_OPEN = 2 * _max_open()
+_live = [0]  # sorters not yet closed
+_live_lock = threading.Lock()
 
 
 class BucketSorter:
@@ -84,6 +89,9 @@ class BucketSorter:
         self._writers: OrderedDict[int, ipc.RecordBatchStreamWriter] = OrderedDict()  # least recent first
         self._parts: dict[int, list[Path]] = {}
         self.reading: int | None = None  # the bucket being read back, for messages
+        self._counted = True
+        with _live_lock:
+            _live[0] += 1
 
     def __enter__(self) -> BucketSorter:
         return self
@@ -114,7 +122,8 @@ class BucketSorter:
         if w is not None:
             self._writers.move_to_end(bucket)
             return w
-        if len(self._writers) >= MAX_OPEN:
+        share = max(4, MAX_OPEN // max(1, _live[0]))
+        while self._writers and len(self._writers) >= share:
             _, oldest = self._writers.popitem(last=False)
             oldest.close()
         parts = self._parts.setdefault(bucket, [])
@@ -165,6 +174,10 @@ class BucketSorter:
 
     def close(self) -> None:
         """Remove every spill file; errors closing writers are ignored (the files go too)."""
+        if self._counted:
+            self._counted = False
+            with _live_lock:
+                _live[0] -= 1
         for w in self._writers.values():
             with contextlib.suppress(OSError):
                 w.close()

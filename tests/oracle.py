@@ -345,9 +345,8 @@ def expected_ops(
         ok, record = load_json(as_text(r["record"]))
         if r["record"] is not None and not ok:
             rejects.append({"key": key, "column": "record", "value": as_text(r["record"]), "kind": "json"})
-        kind = OP_TYPES.get(r["collection"], r["collection"])
-        stem = f"{re.sub(r'[^A-Za-z0-9._-]', '_', kind)}.{re.sub(r'[^A-Za-z0-9._-]', '_', r['action'])}"
-        stem = "_" + stem[1:] if stem.startswith(".") else stem
+        kind = OP_TYPES.get(r["collection"], "other")
+        stem = f"{kind}.{r['action'] if r['action'] in ('create', 'update', 'delete') else 'other'}"
         exp = files.setdefault(stem, Expected([OP_CSV_HEADER], [], []))
         time_csv = "" if raw_time is None else (rfc3339(t, fraction=False) if t is not None else raw_time)
         time_json = None if raw_time is None else (rfc3339(t, fraction=True) if t is not None else raw_time)

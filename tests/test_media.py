@@ -128,3 +128,27 @@ def test_media_table_needed_when_asked(tmp_path, fixture_archive):
     with pytest.raises(pipeline.ArchiveError, match="no 'media' table"):
         pipeline.export(db, tmp_path / "out", include_media=True)
     assert not (tmp_path / "out").exists()
+
+
+def test_file_paths_that_are_not_text(tmp_path, fixture_archive):
+    """A file_path that is not UTF-8 is still a path (bytes); one with a NUL byte is refused."""
+    root = tmp_path / "archive"
+    root.mkdir()
+    db = root / "archive.db"
+    shutil.copy(fixture_archive, db)
+    con = sqlite3.connect(db)
+    (h1, _), (h2, _) = con.execute("SELECT hash, file_path FROM media ORDER BY hash LIMIT 2").fetchall()
+    con.execute("UPDATE media SET file_path = CAST(X'6D65FF2E6A7067' AS TEXT) WHERE hash = ?", (h1,))  # b"me\xff.jpg"
+    con.execute("UPDATE media SET file_path = 'media/x' || char(0) || 'y.jpg' WHERE hash = ?", (h2,))
+    mime = con.execute("SELECT mime_type FROM media WHERE hash = ?", (h1,)).fetchone()[0]
+    con.commit()
+    con.close()
+    data = os.urandom(5000)
+    with open(os.path.join(os.fsencode(root), b"me\xff.jpg"), "wb") as f:
+        f.write(data)
+    out = tmp_path / "out"
+    result = pipeline.export(db, out, formats=["csv"], types=["posts"], include_media=True)
+    assert (out / "media" / f"{h1}.{EXT[mime]}").read_bytes() == data
+    manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
+    refused = {m["hash"]: m for m in manifest["media_refused"]}
+    assert refused[h2]["reason"] == "file_path holds a NUL byte" and result.media == 1

@@ -1,0 +1,37 @@
+"""The external sort: order by (instant, key) whatever the buckets; open files bounded across sorters."""
+
+from __future__ import annotations
+
+import random
+
+import pyarrow as pa
+
+from pipeline import sort
+from pipeline.sort import NINST, BucketSorter, Plan
+
+
+def _rows(n: int, seed: int) -> pa.Table:
+    rng = random.Random(seed)
+    ninst = [rng.randrange(-10_000, 0) for _ in range(n)]
+    keys = [f"k{rng.randrange(10**6):06d}" for _ in range(n)]
+    return pa.table({NINST: pa.array(ninst, pa.int64()), "key": keys})
+
+
+def test_sorters_share_the_open_file_budget(tmp_path, monkeypatch):
+    monkeypatch.setattr(sort, "MAX_OPEN", 24)
+    plan = Plan(tuple(range(-9_900, 0, 100)))  # 100 buckets
+    sorters = [BucketSorter(plan, [NINST, "key"], tmp_path) for _ in range(6)]
+    tables = [_rows(3000, seed) for seed in range(6)]
+    try:
+        for page in range(10):
+            for s, t in zip(sorters, tables, strict=True):
+                s.add(t.slice(page * 300, 300))
+                assert sum(len(x._writers) for x in sorters) <= 24
+        for s, t in zip(sorters, tables, strict=True):
+            got = pa.concat_tables(list(s.sorted()))
+            want = sorted(zip(t.column(NINST).to_pylist(), t.column("key").to_pylist(), strict=True))
+            assert list(zip(got.column(NINST).to_pylist(), got.column("key").to_pylist(), strict=True)) == want
+    finally:
+        for s in sorters:
+            s.close()
+    assert sort._live[0] == 0 and not any(tmp_path.iterdir())
