@@ -422,13 +422,6 @@ def _hash_of(urls: pa.Array) -> pa.Array:
     return pc.replace_substring_regex(last, r"(?s)@[^@]*$", "")
 
 
-def _loads(text: str | None) -> object:
-    try:
-        return None if text is None else json.loads(text)
-    except ValueError:
-        return None
-
-
 def media_hashes(embed: object) -> list[str]:
     """The spec's MediaFiles rule for one decoded embed (the slow path)."""
 
