@@ -158,8 +158,6 @@ def export_command(
         typer.echo(f"pipeline: unexpected error: {type(e).__name__}: {e} (run with --debug for details)", err=True)
         raise typer.Exit(1) from None
     elapsed = time.monotonic() - started
-    if include_media and not any(name == "posts" for name in result.records):
-        result.notices.append("--include-media copies the media of exported posts; no posts were exported")
     for notice in result.notices:
         typer.echo(f"pipeline: note: {notice}", err=True)
     for warning in result.warnings:

@@ -174,11 +174,6 @@ def main() -> int:
         small_export_max_s=round(max(small_times), 3),
         runs={"sqlite3": [round(x, 3) for x in peer], "pipeline": [round(x, 3) for x in ours]},
     )
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "latest.json").write_text(json.dumps(results, indent=2) + "\n")
-    width = max(map(len, results))
-    for k, v in results.items():
-        print(f"{k:<{width}}  {v}")
     failed = []
     if max(v[0] for v in memory.values()) > PEAK_LIMIT_MIB * 2**20:
         failed.append(f"memray peak above {PEAK_LIMIT_MIB} MiB")
@@ -186,6 +181,16 @@ def main() -> int:
         failed.append(f"slower than {RATIO_LIMIT}x the sqlite3 CLI")
     if results["small_export_max_s"] >= SMALL_LIMIT_S:  # type: ignore[operator]
         failed.append(f"{args.small}-post export took {SMALL_LIMIT_S}s or more")
+    return report("latest.json", results, failed)
+
+
+def report(name: str, results: dict[str, object], failed: list[str]) -> int:
+    """Write ``results`` to benchmarks/results/``name``, print them and any failures; the exit code."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / name).write_text(json.dumps(results, indent=2) + "\n")
+    width = max(map(len, results))
+    for k, v in results.items():
+        print(f"{k:<{width}}  {v}")
     for f in failed:
         print(f"FAIL: {f}", file=sys.stderr)
     return 1 if failed else 0

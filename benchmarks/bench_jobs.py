@@ -14,13 +14,12 @@ or a memray peak passes 500 MiB.
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import sys
 import tempfile
 from pathlib import Path
 
-from bench_export import CACHE, PEAK_LIMIT_MIB, RESULTS, archive, export_cmd, memray_peak, timed, warm
+from bench_export import CACHE, PEAK_LIMIT_MIB, archive, export_cmd, memray_peak, report, timed, warm
 
 
 def main() -> int:
@@ -56,18 +55,12 @@ def main() -> int:
         "memray_run_peak_rss_mib": {j: round(p[1] / 1024, 1) for j, p in peaks.items()},
         "runs": times,
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "jobs.json").write_text(json.dumps(results, indent=2) + "\n")
-    for k, v in results.items():
-        print(f"{k:24} {v}")
     failed = []
     if 1 in times and 2 in times and results["best_s"][2] >= results["best_s"][1]:
         failed.append("--jobs 2 is not faster than --jobs 1")
     if any(v > PEAK_LIMIT_MIB for v in results["memray_peak_mib"].values()):
         failed.append(f"memray peak above {PEAK_LIMIT_MIB} MiB")
-    for f in failed:
-        print(f"FAIL: {f}", file=sys.stderr)
-    return 1 if failed else 0
+    return report("jobs.json", results, failed)
 
 
 if __name__ == "__main__":

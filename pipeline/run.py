@@ -132,6 +132,8 @@ def export(
                 streams.append((OPS.name, ops_stream))
             if include_media and any(r.name == "posts" for r in rtypes):
                 streams.append(("media", functools.partial(copy_media, db, staging.path, filters)))
+            elif include_media:
+                notices.append("--include-media copies the media of exported posts; no posts were exported")
             done = _run_streams(streams, jobs, progress)
             files: list[FileResult] = []
             records: dict[str, int] = {}

@@ -180,7 +180,7 @@ class Archive:
         return tables
 
     def has_table(self, rtype: RecordType) -> bool:
-        return rtype.table in self._tables
+        return self.has_table_named(rtype.table)
 
     def has_table_named(self, name: str) -> bool:
         return name in self._tables
