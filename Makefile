@@ -22,8 +22,12 @@ test: $(VENV)/.installed
 	$(BIN)/ruff format --check pipeline cli.py tests benchmarks data/fixtures
 	$(BIN)/python -m pytest
 
-bench: $(VENV)/.installed
-	$(BIN)/python benchmarks/bench_export.py
+$(VENV)/.bench: $(VENV)/.installed
+	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
+	touch $@
+
+bench: $(VENV)/.bench
+	$(BIN)/python -m benchmarks
 
 clean:
 	rm -rf $(VENV) exports build *.egg-info
