@@ -21,6 +21,7 @@ test: $(VENV)/.installed
 	$(BIN)/ruff check pipeline cli.py tests benchmarks data/fixtures
 	$(BIN)/ruff format --check pipeline cli.py tests benchmarks data/fixtures
 	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest --memray -m memory
 
 $(VENV)/.bench: $(VENV)/.installed
 	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'

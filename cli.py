@@ -103,6 +103,21 @@ def export_command(
         typer.Option(help="Only records created at or before this; a bare date means the end of that day."),
     ] = None,  # noqa: UP045
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Rows per Arrow record batch.")] = 1000,
+    batch_bytes: Annotated[
+        str,
+        typer.Option(
+            "--batch-bytes",
+            help="The most one batch of rows holds, however large its rows (K, M, G: binary units; at least 1M).",
+        ),
+    ] = "64M",
+    memray_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--memray",
+            help="Record a memray capture of the run into this new file (see `memray flamegraph FILE`).",
+            show_default=False,
+        ),
+    ] = None,  # noqa: UP045
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")] = False,
     debug: Annotated[bool, typer.Option("--debug", help="Show the traceback of an error.")] = False,
 ) -> None:
@@ -126,20 +141,22 @@ def export_command(
     signal.signal(signal.SIGHUP, _terminate)  # the terminal went away
     started = time.monotonic()
     try:
-        result = export(
-            archive,
-            out,
-            formats=[f.value for f in formats] if formats else ("csv", "json"),
-            types=types,
-            ops=ops,
-            include_media=include_media,
-            jobs=jobs,
-            did=did,
-            since=since,
-            until=until,
-            batch_size=batch_size,
-            progress=for_terminal(quiet),
-        )
+        with _profiled(memray_file):
+            result = export(
+                archive,
+                out,
+                formats=[f.value for f in formats] if formats else ("csv", "json"),
+                types=types,
+                ops=ops,
+                include_media=include_media,
+                jobs=jobs,
+                did=did,
+                since=since,
+                until=until,
+                batch_size=batch_size,
+                batch_bytes=_size(batch_bytes, "--batch-bytes"),
+                progress=for_terminal(quiet),
+            )
     except KeyboardInterrupt:
         if debug:
             raise
@@ -173,6 +190,44 @@ def export_command(
     typer.echo(
         f"Exported {total:,} records ({per_type}) to {result.out} ({files}) in {elapsed:.2f}s{rejects}", err=True
     )
+
+
+def _size(text: str, option: str) -> int:
+    """A byte count: an integer, optionally with K, M or G (binary units: 64M = 64 MiB)."""
+    from pipeline import UsageError
+
+    value = text.strip().upper().removesuffix("IB").removesuffix("B")
+    scale = {"K": 2**10, "M": 2**20, "G": 2**30}.get(value[-1:], 1)
+    number = value[:-1] if scale > 1 else value
+    if not number.isdigit():
+        raise UsageError(f"{option}: cannot read {text!r} as a size (e.g. 64M, 1G, 67108864)")
+    return int(number) * scale
+
+
+@contextlib.contextmanager
+def _profiled(path: Path | None):
+    """A memray Tracker around the run when ``--memray FILE`` is given (native stacks too:
+    Arrow and Polars allocate in C++ and Rust)."""
+    if path is None:
+        yield
+        return
+    from pipeline import UsageError
+
+    try:
+        import memray
+    except ImportError:
+        raise UsageError("--memray needs the memray package (pip install memray; Linux and macOS)") from None
+    if path.exists():
+        raise UsageError(f"--memray: {path} exists; give a new file name")
+    try:
+        tracker = memray.Tracker(path, native_traces=True)
+        tracker.__enter__()
+    except (OSError, RuntimeError) as e:  # an unwritable folder; another Tracker already active
+        raise UsageError(f"--memray: cannot record into {path}: {e}") from None
+    try:
+        yield
+    finally:
+        tracker.__exit__(None, None, None)
 
 
 def main() -> None:

@@ -84,6 +84,7 @@ def export(
     since: str | datetime | None = None,
     until: str | datetime | None = None,
     batch_size: int = 1000,
+    batch_bytes: int = source_module.BATCH_BYTES,
     progress: Progress | None = None,
 ) -> ExportResult:
     """Export an archive's records to ``out`` in each of ``formats``; publish all or nothing.
@@ -105,6 +106,8 @@ def export(
         raise UsageError(f"unknown format(s): {', '.join(unknown) or '(none)'}; choose from {', '.join(FORMATS)}")
     if batch_size < 1:
         raise UsageError(f"--batch-size must be at least 1, not {batch_size}")
+    if batch_bytes < 2**20:
+        raise UsageError(f"--batch-bytes must be at least 1 MiB, not {batch_bytes}")
     named = parse_types(types)
     if jobs is not None and jobs < 1:
         raise UsageError(f"--jobs must be at least 1, not {jobs}")
@@ -125,10 +128,15 @@ def export(
             streams: list[tuple[str, Callable[[Progress, _Budget], object]]] = []
             for rtype in rtypes:
                 streams.append(
-                    (rtype.name, functools.partial(_write_all, db, staging.path, rtype, formats, filters, batch_size))
+                    (
+                        rtype.name,
+                        functools.partial(
+                            _write_all, db, staging.path, rtype, formats, filters, batch_size, batch_bytes
+                        ),
+                    )
                 )
             if ops:
-                ops_stream = functools.partial(_write_ops, db, staging.path, formats, filters, batch_size)
+                ops_stream = functools.partial(_write_ops, db, staging.path, formats, filters, batch_size, batch_bytes)
                 streams.append((OPS.name, ops_stream))
             if include_media and any(r.name == "posts" for r in rtypes):
                 streams.append(("media", functools.partial(copy_media, db, staging.path, filters)))
@@ -238,6 +246,7 @@ def _write_all(
     formats: Sequence[str],
     filters: Filters,
     batch_size: int,
+    batch_bytes: int,
     progress: Progress,
     budget: _Budget,
 ) -> _Stream:
@@ -250,7 +259,13 @@ def _write_all(
     """
     wanted = frozenset(formats)
     source = db.read(
-        rtype, filters, batch_size, folder, Reads(*transforms.reads(rtype, wanted)), bucket_bytes=budget.bucket_bytes
+        rtype,
+        filters,
+        batch_size,
+        folder,
+        Reads(*transforms.reads(rtype, wanted)),
+        bucket_bytes=budget.bucket_bytes,
+        batch_bytes=batch_bytes,
     )
     sinks: dict[str, Sink] = {}
     rejects = _RejectLog(folder, rtype)
@@ -317,6 +332,7 @@ def _write_ops(
     formats: Sequence[str],
     filters: Filters,
     batch_size: int,
+    batch_bytes: int,
     progress: Progress,
     budget: _Budget,
 ) -> _Stream:
@@ -329,7 +345,8 @@ def _write_ops(
     """
     rtype = OPS
     wanted = frozenset(formats)
-    source = db.read(rtype, filters, batch_size, spill_dir=folder, reads=Reads(*transforms.reads(rtype, wanted)))
+    reads = Reads(*transforms.reads(rtype, wanted))
+    source = db.read(rtype, filters, batch_size, spill_dir=folder, reads=reads, batch_bytes=batch_bytes)
     (folder / "ops").mkdir()
     key = _sort_key(rtype, wanted)
     sinks: dict[tuple[str, str], Sink] = {}  # (file stem, format)

@@ -30,6 +30,7 @@ import adbc_driver_manager as adbc
 import adbc_driver_sqlite
 import polars as pl
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from .errors import ArchiveError, ExportError, UsageError
 from .records import RecordType
@@ -41,6 +42,12 @@ PLAN_ROWS = 65_536
 PLAN_SAMPLE = 16  # the key pass parses one time value in this many
 PAGE_ROWS = 16_384
 BUCKET_BYTES = 16 * 2**20
+BATCH_BYTES = 64 * 2**20  # the most a page or a batch holds, however large its rows
+# Pages hold a quarter of the batch budget: the runner keeps a few pages queued and
+# converting at once, each converted into copies of its size (2,000 rows of 1.3 MB:
+# peak RSS 1.2 GB with pages of the whole budget).
+PAGES_PER_BATCH = 4
+_ROW_OVERHEAD = 8  # bytes per cell beside its text (offsets, validity), for the page budget
 
 
 @dataclass(frozen=True)
@@ -107,6 +114,16 @@ class Reads:
                     f"CASE WHEN p.{_quote(condition)} THEN {_as_text(name).rsplit(' AS ', 1)[0]} END AS {_quote(name)}"
                 )
         return _as_text(name)
+
+    def size(self, name: str) -> str:
+        """The bytes column ``name`` puts in a page (its stored text), without loading it."""
+        if self.columns is not None and name not in self.columns:
+            return "0"
+        size = f"ifnull(octet_length(p.{_quote(name)}), 0)"
+        for column, condition in self.only_where:
+            if column == name:
+                return f"CASE WHEN p.{_quote(condition)} THEN {size} ELSE 0 END"
+        return size
 
 
 @dataclass
@@ -201,6 +218,7 @@ class Archive:
         spill_dir: str | os.PathLike[str] | None = None,
         reads: Reads | None = None,
         bucket_bytes: int | None = None,
+        batch_bytes: int = BATCH_BYTES,
     ) -> RecordSource:
         """The rows of ``rtype`` that pass ``filters``, in export order, as record batches.
 
@@ -208,7 +226,9 @@ class Archive:
         temp folder). ``reads`` narrows what is read (the rest comes back NULL).
         """
         self.check(rtype)
-        source = RecordSource(self, rtype, filters, batch_size, spill_dir, bucket_bytes=bucket_bytes, reads=reads)
+        source = RecordSource(
+            self, rtype, filters, batch_size, spill_dir, bucket_bytes=bucket_bytes, reads=reads, batch_bytes=batch_bytes
+        )
         self._sources.append(source)
         return source
 
@@ -231,9 +251,13 @@ class RecordSource:
         spill_dir: str | os.PathLike[str] | None = None,
         bucket_bytes: int | None = None,
         reads: Reads | None = None,
+        batch_bytes: int = BATCH_BYTES,
     ):
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
+        if batch_bytes < 1:
+            raise ValueError("batch_bytes must be at least 1")
+        self.batch_bytes = batch_bytes
         self.rtype = rtype
         self.filters = filters
         self.batch_size = batch_size
@@ -336,21 +360,28 @@ class RecordSource:
         return keep, (-inst).fill_null(UNPLACED)
 
     def pages(self) -> Iterator[pa.Table]:
-        """The filtered rows in table order, in pages of at least ``PAGE_ROWS``, with ``_ninst``.
+        """The filtered rows in table order, in pages of at most ``PAGE_ROWS`` rows and
+        ``batch_bytes`` bytes, with ``_ninst``.
 
         Keyset pages over ``rowid`` (never OFFSET); each page is its own
         statement, cast to the fixed schema, so the driver's type inference
-        never sees more than one page. When the pages are exhausted, ``total``
-        is the exact number of rows they held.
+        never sees more than one page. Before each page a probe asks SQLite for
+        the size of the next rows' cells (``octet_length`` reads only the record
+        headers) and the page ends where its bytes would pass a quarter of
+        ``batch_bytes`` (``PAGES_PER_BATCH``):
+        with huge rows the pages shrink, down to one row, and grow back after
+        them. When the pages are exhausted, ``total`` is the exact number of
+        rows they held.
         """
         r, f = self.rtype, self.filters
         rows = max(self.batch_size, PAGE_ROWS)
+        table = f"main.{_quote(r.table)} AS p"
         cols = ", ".join(self.reads.expression(c) for c in r.column_names)
+        size = " + ".join([str(_ROW_OVERHEAD * (len(r.column_names) + 1)), *map(self.reads.size, r.column_names)])
         did = " AND p.did = ?" if f.did is not None else ""
-        sql = (
-            f"SELECT p.rowid AS _rid, {cols} FROM main.{_quote(r.table)} AS p"
-            f" WHERE p.rowid > ?{did} ORDER BY p.rowid LIMIT {rows}"
-        )
+        probe = f"SELECT p.rowid AS _rid, {size} AS _bytes FROM {table} WHERE p.rowid > ?{did} ORDER BY p.rowid"
+        probe += f" LIMIT {rows}"
+        sql = f"SELECT p.rowid AS _rid, {cols} FROM {table} WHERE p.rowid > ? AND p.rowid <= ?{did} ORDER BY p.rowid"
         schema = pa.schema([("_rid", pa.int64()), *self.schema])
         timed = f.since is not None or f.until is not None
         after, seen = -(2**63), 0
@@ -358,11 +389,14 @@ class RecordSource:
             params = [pa.array([after], pa.int64())]
             if f.did is not None:
                 params.append(pa.array([f.did], pa.string()))
-            page = self._query_table(sql, params, rows, f"rowid after {after}")
-            if page.num_rows == 0:
+            sizes = self._query_table(probe, params, rows, f"rowid after {after}")
+            if sizes.num_rows == 0:
                 break
+            last = _cut(sizes, self.batch_bytes // PAGES_PER_BATCH)
+            params.insert(1, pa.array([last], pa.int64()))
+            page = self._query_table(sql, params, rows, f"rowid after {after}")
             page = page.cast(schema)
-            after = page.column("_rid")[-1].as_py()
+            after = last
             inst = parse_instants(_frame(page.select([r.time])).to_series())
             keep, ninst = self._placed(inst)
             if timed:
@@ -370,12 +404,12 @@ class RecordSource:
                 if dropped.any():
                     self.unplaced.keys.extend(pl.from_arrow(page.column(r.key)).filter(dropped).to_list())  # type: ignore[union-attr]
                     self.unplaced.values.extend(pl.from_arrow(page.column(r.time)).filter(dropped).to_list())  # type: ignore[union-attr]
-            table = page.drop_columns(["_rid"]).append_column(NINST, ninst.to_arrow())
+            out = page.drop_columns(["_rid"]).append_column(NINST, ninst.to_arrow())
             if not keep.all():
-                table = table.filter(keep.to_arrow())
-            seen += table.num_rows
-            yield table
-            if page.num_rows < rows:
+                out = out.filter(keep.to_arrow())
+            seen += out.num_rows
+            yield out
+            if sizes.num_rows < rows and last == sizes.column("_rid")[-1].as_py():
                 break
         self.total = seen
 
@@ -384,33 +418,64 @@ class RecordSource:
         return BucketSorter(self.plan, order or [NINST, self.rtype.key], self.spill_dir)
 
     def __iter__(self) -> Iterator[pa.RecordBatch]:
-        n = self.batch_size
-        carry: pa.Table | None = None  # the last, short batch of the previous bucket
         with self.sorter() as sorter:
             for page in self.pages():
                 sorter.add(page)
-            for bucket in sorter.sorted():
-                start = 0
-                if carry is not None:
-                    start = min(n - carry.num_rows, bucket.num_rows)
-                    carry = pa.concat_tables([carry, bucket.slice(0, start)]).combine_chunks()
-                    if carry.num_rows < n:
-                        continue
-                    yield self._batch(carry)
-                    carry = None
-                full = start + (bucket.num_rows - start) // n * n
-                for first in range(start, full, n):
-                    yield self._batch(bucket.slice(first, n))
-                if full < bucket.num_rows:
-                    carry = bucket.slice(full)
-                del bucket  # release the bucket before the next is read
-        if carry is not None and carry.num_rows:
-            yield self._batch(carry.combine_chunks())
+            for table in rebatch(sorter.sorted(), self.batch_size, self.batch_bytes):
+                yield self._batch(table)
 
     def _batch(self, table: pa.Table) -> pa.RecordBatch:
         """One output batch; its key range rides along in the schema metadata for error messages."""
         batch = table.drop_columns([NINST]).to_batches(max_chunksize=None)[0]
         return batch.replace_schema_metadata(range_metadata(table, self.rtype.key))
+
+
+def row_bytes(table: pa.Table) -> pl.Series:
+    """Each row's bytes in Arrow: its strings' lengths, plus ``_ROW_OVERHEAD`` a cell."""
+    total = pl.Series("b", [_ROW_OVERHEAD * table.num_columns] * table.num_rows, pl.Int64)
+    for column in table.columns:
+        if pa.types.is_string(column.type) or pa.types.is_binary(column.type) or pa.types.is_large_string(column.type):
+            lengths = pl.from_arrow(pc.binary_length(column))
+            total = total + lengths.cast(pl.Int64).fill_null(0)  # type: ignore[union-attr]
+    return total
+
+
+def rebatch(tables: Iterator[pa.Table], max_rows: int, max_bytes: int) -> Iterator[pa.Table]:
+    """The rows of ``tables``, in order, as tables of at most ``max_rows`` rows and
+    ``max_bytes`` bytes (``row_bytes``); a row larger than ``max_bytes`` is a table alone.
+    Every table but the last is full: the next row would not fit."""
+    carry: list[pa.Table] = []
+    carry_rows = carry_bytes = 0
+    for table in tables:
+        ends = row_bytes(table).cum_sum()  # bytes of rows [0, i]
+        start, base = 0, 0
+        while start < table.num_rows:
+            room_rows = max_rows - carry_rows
+            # rows that fit the bytes left: ends[i] - base <= max_bytes - carry_bytes
+            fit = int(ends.search_sorted(base + max_bytes - carry_bytes, side="right")) - start
+            take = min(room_rows, fit)
+            if take <= 0 and carry_rows == 0:
+                take = 1  # one row alone, however large
+            if take > 0:
+                part = table.slice(start, take)
+                carry.append(part)
+                carry_rows += take
+                carry_bytes += int(ends[start + take - 1]) - base
+                base = int(ends[start + take - 1])
+                start += take
+            if start < table.num_rows or carry_rows == max_rows:  # the next row does not fit: flush
+                yield pa.concat_tables(carry).combine_chunks()
+                carry, carry_rows, carry_bytes = [], 0, 0
+        del table
+    if carry_rows:
+        yield pa.concat_tables(carry).combine_chunks()
+
+
+def _cut(sizes: pa.Table, budget: int) -> int:
+    """The last rowid of a page: as many of the probed rows as fit ``budget`` bytes, at least one."""
+    total = pl.from_arrow(sizes.column("_bytes")).cast(pl.Int64).cum_sum()  # type: ignore[union-attr]
+    fit = max(1, int((total <= budget).sum()))  # cumulative sizes only grow: the fitting rows come first
+    return sizes.column("_rid")[fit - 1].as_py()
 
 
 def range_metadata(table: pa.Table, key: str) -> dict[str, str]:

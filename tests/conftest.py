@@ -11,6 +11,8 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURE = ROOT / "data" / "fixtures" / "archive.db"
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(ROOT))
+import cli  # noqa: E402, F401 - sets the allocators as the command does, before pyarrow and polars load
 
 
 def _load_generator():

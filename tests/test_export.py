@@ -48,6 +48,7 @@ def _oracle_bounds(opts: dict[str, str]) -> dict[str, object]:
 
 
 def read_csv(path: Path) -> list[list[str]]:
+    csv.field_size_limit(2**31 - 1)  # a post's text may be larger than the csv module's 128 KiB default
     text = path.read_bytes().decode("utf-8")
     assert text.startswith(BOM)
     return list(csv.reader(io.StringIO(text[1:], newline="")))
