@@ -110,6 +110,15 @@ def export_command(
             help="The most one batch of rows holds, however large its rows (K, M, G: binary units; at least 1M).",
         ),
     ] = "64M",
+    max_rejects: Annotated[
+        int | None,
+        typer.Option(
+            "--max-rejects",
+            min=0,
+            help="Fail, publishing nothing, once more values than this are rejected. [default: no limit]",
+            show_default=False,
+        ),
+    ] = None,  # noqa: UP045
     memray_file: Annotated[
         Path | None,
         typer.Option(
@@ -155,6 +164,7 @@ def export_command(
                 until=until,
                 batch_size=batch_size,
                 batch_bytes=_size(batch_bytes, "--batch-bytes"),
+                max_rejects=max_rejects,
                 progress=for_terminal(quiet),
             )
     except KeyboardInterrupt:

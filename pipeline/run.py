@@ -85,6 +85,7 @@ def export(
     until: str | datetime | None = None,
     batch_size: int = 1000,
     batch_bytes: int = source_module.BATCH_BYTES,
+    max_rejects: int | None = None,
     progress: Progress | None = None,
 ) -> ExportResult:
     """Export an archive's records to ``out`` in each of ``formats``; publish all or nothing.
@@ -96,6 +97,8 @@ def export(
     ``include_media``: also copy the exported posts' blobs into ``media/``.
     ``jobs``: how many streams (record types, ops, media) run at once; default
     the CPU count, capped at the number of streams. The output does not depend on it.
+    ``max_rejects``: fail (ExportError, nothing published) as soon as more values
+    than this have been rejected; None for no limit.
 
     Raises a PipelineError subclass (UsageError, ArchiveError, OutputError,
     ExportError) with a one-line message; nothing is written to ``out`` then.
@@ -108,6 +111,8 @@ def export(
         raise UsageError(f"--batch-size must be at least 1, not {batch_size}")
     if batch_bytes < 2**20:
         raise UsageError(f"--batch-bytes must be at least 1 MiB, not {batch_bytes}")
+    if max_rejects is not None and max_rejects < 0:
+        raise UsageError(f"--max-rejects must be 0 or more, not {max_rejects}")
     named = parse_types(types)
     if jobs is not None and jobs < 1:
         raise UsageError(f"--jobs must be at least 1, not {jobs}")
@@ -142,7 +147,7 @@ def export(
                 streams.append(("media", functools.partial(copy_media, db, staging.path, filters)))
             elif include_media:
                 notices.append("--include-media copies the media of exported posts; no posts were exported")
-            done = _run_streams(streams, jobs, progress)
+            done = _run_streams(streams, jobs, progress, max_rejects)
             files: list[FileResult] = []
             records: dict[str, int] = {}
             reject_parts: list[tuple[Path, int]] = []
@@ -276,6 +281,7 @@ def _write_all(
         with source.sorter([NINST, key]) as rows, source.sorter([NINST, KEY, "_col"]) as bad:
             for n, (rows_out, bad_out) in _convert_all(rtype, pages, wanted, budget.converters):
                 budget.check()
+                budget.rejected(bad_out.num_rows, rtype.name)
                 try:
                     rows.add(rows_out)
                     bad.add(bad_out)
@@ -312,6 +318,7 @@ def _write_all(
             except OSError as e:
                 message = f"writing rejects failed: {e.strerror or e}"
                 raise ExportError(message, record_type=rtype.name, key_range=bad.span(bad.reading)) from None
+        budget.rejected(len(source.unplaced.keys), rtype.name)
         rejects.unplaced(source)
         results = [sinks[fmt].close() for fmt in formats]
         return _Stream(results, source.total, rejects.close())
@@ -364,10 +371,12 @@ def _write_ops(
                         sinks[stem, fmt] = _open_sink(folder / "ops", rtype, fmt, stem)
                 for chunk in part.to_batches(max_chunksize=WRITE_ROWS):
                     _write({fmt: sinks[stem, fmt] for fmt in formats}, formats, chunk, rtype, key)
+            budget.rejected(bad_out.num_rows, rtype.name)
             if bad_out.num_rows:
                 rejects.write(bad_out)
             progress.advance(page.num_rows)
         pages.close()
+        budget.rejected(len(source.unplaced.keys), rtype.name)
         rejects.unplaced(source)
         if not sinks:
             (folder / "ops").rmdir()  # no op passed the filters: no files, no folder
@@ -628,6 +637,27 @@ class Cancelled(Exception):  # noqa: N818 - a control signal, not an error to re
     """Another stream failed (or the run was interrupted): stop now."""
 
 
+class _RejectCount:
+    """Rejected values over all streams, against ``--max-rejects``."""
+
+    def __init__(self, limit: int | None):
+        self.limit = limit
+        self.count = 0
+        self._lock = threading.Lock()
+
+    def add(self, n: int, record_type: str) -> None:
+        if not n or self.limit is None:
+            return
+        with self._lock:
+            self.count += n
+            count = self.count
+        if count > self.limit:
+            raise ExportError(
+                f"more than --max-rejects {self.limit} value(s) rejected ({count} so far); nothing was published",
+                record_type=record_type,
+            )
+
+
 @dataclass(frozen=True)
 class _Budget:
     """What one stream may use while ``jobs`` streams share the machine: its sort buckets'
@@ -638,14 +668,22 @@ class _Budget:
     converters: ThreadPoolExecutor  # shared by all streams: a stream that ends leaves its share to the rest
     cancel: threading.Event
     prefetch: int = _PREFETCH  # pages read ahead
+    rejects: _RejectCount = field(default_factory=lambda: _RejectCount(None))
 
     def check(self) -> None:
         if self.cancel.is_set():
             raise Cancelled
 
+    def rejected(self, n: int, record_type: str) -> None:
+        """Count ``n`` more rejected values; ExportError once they pass ``--max-rejects``."""
+        self.rejects.add(n, record_type)
+
 
 def _run_streams(
-    streams: list[tuple[str, Callable[[Progress, _Budget], object]]], jobs: int | None, progress: Progress
+    streams: list[tuple[str, Callable[[Progress, _Budget], object]]],
+    jobs: int | None,
+    progress: Progress,
+    max_rejects: int | None = None,
 ) -> dict[str, object]:
     """Run each stream (name, fn(progress, budget)); ``jobs`` at a time. Returns name → result.
 
@@ -662,7 +700,9 @@ def _run_streams(
     converters = ThreadPoolExecutor(CONVERTERS, thread_name_prefix="convert")
     # Streams at once share the memory: each reads one page ahead instead of two
     # (sort buckets keep their size: halving them cost more time than it saved).
-    budget = _Budget(source_module.BUCKET_BYTES, converters, cancel, _PREFETCH if jobs == 1 else 1)
+    budget = _Budget(
+        source_module.BUCKET_BYTES, converters, cancel, _PREFETCH if jobs == 1 else 1, _RejectCount(max_rejects)
+    )
     display = Streams(progress)
     try:
         if jobs == 1:

@@ -167,3 +167,23 @@ def test_missing_table_named_or_not(tmp_path, fixture_archive):
     proc = run_cli("run", "export", db, "--out", tmp_path / "p", "--types", "likes")
     _one_line_error(proc, 3, "no 'likes' table")
     assert not (tmp_path / "p").exists()
+
+
+def test_max_rejects(tmp_path, fixture_archive):
+    from oracle import expected_records
+
+    total = sum(len(expected_records(str(fixture_archive), t).rejects) for t in ("posts", "likes", "follows"))
+    assert total > 0
+    out = tmp_path / "out"
+    ok = run_cli("run", "export", fixture_archive, "--out", out, "--max-rejects", total, "-q")
+    assert ok.returncode == 0, ok.stderr
+    assert json.loads((out / "manifest.json").read_text())["reject_count"] == total
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    for limit in (0, total - 1):
+        r = run_cli("run", "export", fixture_archive, "--out", out, "--max-rejects", limit, "-q")
+        assert r.returncode == 1, r.stderr
+        assert f"more than --max-rejects {limit} value(s) rejected" in r.stderr and "Traceback" not in r.stderr
+        assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # nothing published
+        assert [p.name for p in tmp_path.iterdir()] == ["out"]  # no staging folder left
+    bad = run_cli("run", "export", fixture_archive, "--out", tmp_path / "o2", "--max-rejects", "-1")
+    assert bad.returncode == 2
