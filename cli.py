@@ -110,6 +110,12 @@ def export_command(
             help="The most one batch of rows holds, however large its rows (K, M, G: binary units; at least 1M).",
         ),
     ] = "64M",
+    retries: Annotated[
+        int,
+        typer.Option(
+            "--retries", min=0, help="Retries (backoff from 0.1 s, doubling) while the archive is locked or busy."
+        ),
+    ] = 5,
     max_rejects: Annotated[
         int | None,
         typer.Option(
@@ -146,6 +152,7 @@ def export_command(
     from pipeline import PipelineError, export
     from pipeline.progress import for_terminal
 
+    _log_to_stderr()
     signal.signal(signal.SIGTERM, _terminate)
     signal.signal(signal.SIGHUP, _terminate)  # the terminal went away
     started = time.monotonic()
@@ -165,6 +172,7 @@ def export_command(
                 batch_size=batch_size,
                 batch_bytes=_size(batch_bytes, "--batch-bytes"),
                 max_rejects=max_rejects,
+                retries=retries,
                 progress=for_terminal(quiet),
             )
     except KeyboardInterrupt:
@@ -200,6 +208,19 @@ def export_command(
     typer.echo(
         f"Exported {total:,} records ({per_type}) to {result.out} ({files}) in {elapsed:.2f}s{rejects}", err=True
     )
+
+
+def _log_to_stderr() -> None:
+    """The library's log (retries of a locked archive) as ``pipeline: warning:`` lines."""
+    import logging
+
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("pipeline: %(levelname)s: %(message)s"))
+    logger = logging.getLogger("pipeline")
+    logger.handlers[:] = [handler]
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    logging.addLevelName(logging.WARNING, "warning")
 
 
 def _size(text: str, option: str) -> int:

@@ -25,7 +25,7 @@ import pyarrow as pa
 from .errors import ExportError
 from .progress import Progress
 from .sinks import FileResult, _HashingFile
-from .source import Archive, Filters, _adbc_message, _query
+from .source import Archive, Filters, _adbc_message, _query, gave_up, retrying, transient
 from .timestamps import parse_instants
 
 MEDIA_DIR = "media"
@@ -81,9 +81,10 @@ def media_rows(archive: Archive, filters: Filters) -> pl.DataFrame:
     )
     conn = adbc.AdbcConnection(archive._db)
     try:
-        table = _query(conn, sql, params, None).read_all()
+        table = retrying(lambda: _query(conn, sql, params, None).read_all(), archive.retries, "media")
     except adbc.Error as e:
-        raise ExportError(f"reading the archive failed: {_adbc_message(e)}", record_type="media") from None
+        message = f"reading the archive failed: {_adbc_message(e)}{gave_up(archive.retries) if transient(e) else ''}"
+        raise ExportError(message, record_type="media") from None
     finally:
         conn.close()
     schema = pa.schema([*((n, pa.binary()) for n in ("hash", "mime_type", "file_path")), ("created_at", pa.string())])

@@ -86,6 +86,7 @@ def export(
     batch_size: int = 1000,
     batch_bytes: int = source_module.BATCH_BYTES,
     max_rejects: int | None = None,
+    retries: int = source_module.RETRIES,
     progress: Progress | None = None,
 ) -> ExportResult:
     """Export an archive's records to ``out`` in each of ``formats``; publish all or nothing.
@@ -99,6 +100,9 @@ def export(
     the CPU count, capped at the number of streams. The output does not depend on it.
     ``max_rejects``: fail (ExportError, nothing published) as soon as more values
     than this have been rejected; None for no limit.
+    ``retries``: how often a query that finds the archive locked or busy is
+    retried (exponential backoff from 0.1 s; each retry logged on the
+    ``pipeline`` logger) before the export fails.
 
     Raises a PipelineError subclass (UsageError, ArchiveError, OutputError,
     ExportError) with a one-line message; nothing is written to ``out`` then.
@@ -111,6 +115,8 @@ def export(
         raise UsageError(f"--batch-size must be at least 1, not {batch_size}")
     if batch_bytes < 2**20:
         raise UsageError(f"--batch-bytes must be at least 1 MiB, not {batch_bytes}")
+    if retries < 0:
+        raise UsageError(f"--retries must be 0 or more, not {retries}")
     if max_rejects is not None and max_rejects < 0:
         raise UsageError(f"--max-rejects must be 0 or more, not {max_rejects}")
     named = parse_types(types)
@@ -122,7 +128,7 @@ def export(
     archive_path = Path(archive)
     out_path = Path(out) if out is not None else default_out(archive_path)
 
-    with Archive(archive_path) as db:
+    with Archive(archive_path, retries) as db:
         rtypes, notices = _chosen_types(db, named)
         if ops:
             db.check(OPS)  # asked for: a missing table is an error

@@ -20,11 +20,14 @@ and sorts what it will write.
 
 from __future__ import annotations
 
+import logging
 import os
-from collections.abc import Iterator
+import time as _time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time
 from pathlib import Path
+from typing import TypeVar
 
 import adbc_driver_manager as adbc
 import adbc_driver_sqlite
@@ -37,7 +40,11 @@ from .records import RecordType
 from .sort import NINST, UNPLACED, BucketSorter, Plan
 from .timestamps import parse_instants
 
+T = TypeVar("T")
 _SQLITE_MAGIC = b"SQLite format 3\x00"
+log = logging.getLogger("pipeline")
+RETRIES = 5  # a locked or busy archive is retried this many times
+RETRY_DELAY = 0.1  # seconds before the first retry; doubled each time (0.1 + 0.2 + ... + 1.6 = 3.1 s)
 PLAN_ROWS = 65_536
 PLAN_SAMPLE = 16  # the key pass parses one time value in this many
 PAGE_ROWS = 16_384
@@ -149,9 +156,17 @@ def _as_text(name: str) -> str:
 
 
 class Archive:
-    """A Bluesky archive opened read-only; validates the file on open."""
+    """A Bluesky archive opened read-only; validates the file on open.
 
-    def __init__(self, path: str | os.PathLike[str]):
+    A query that finds the archive locked or busy (another process writing it)
+    is retried ``retries`` times with exponential backoff, each retry logged
+    on the ``pipeline`` logger; other errors fail at once.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], retries: int = RETRIES):
+        if retries < 0:
+            raise ValueError("retries must be 0 or more")
+        self.retries = retries
         self.path = Path(path)
         if not self.path.exists():
             raise ArchiveError(f"archive not found: {self.path}")
@@ -169,8 +184,12 @@ class Archive:
         try:
             self._db = adbc.AdbcDatabase(driver=adbc_driver_sqlite._driver_path(), uri=uri)
             self._conn = adbc.AdbcConnection(self._db)
-            self._tables = self._read_tables()
+            self._tables = retrying(self._read_tables, self.retries, "opening the archive")
         except adbc.Error as e:
+            if transient(e):  # locked past the retries: a failed run, not a bad archive
+                raise ExportError(
+                    f"cannot open archive {self.path}: {_adbc_message(e)}{gave_up(self.retries)}"
+                ) from None
             raise ArchiveError(f"cannot open archive {self.path}: {_adbc_message(e)}") from None
 
     def __enter__(self) -> Archive:
@@ -266,15 +285,18 @@ class RecordSource:
         self.spill_dir = spill_dir
         self.reads = reads or Reads()
         self._archive_bytes = archive.path.stat().st_size
+        self.retries = archive.retries
         self._conn = adbc.AdbcConnection(archive._db)
         self._closed = False
         try:
             # One read transaction for both passes: they see the same rows.
             self._conn.set_autocommit(False)
-            self.total, self.plan = self._plan(BUCKET_BYTES if bucket_bytes is None else bucket_bytes)
+            size = BUCKET_BYTES if bucket_bytes is None else bucket_bytes
+            self.total, self.plan = retrying(lambda: self._plan(size), self.retries, f"{rtype.name}, planning")
         except adbc.Error as e:
             self.close()
-            raise ExportError(f"reading the archive failed: {_adbc_message(e)}", record_type=rtype.name) from None
+            message = f"reading the archive failed: {_adbc_message(e)}{gave_up(self.retries) if transient(e) else ''}"
+            raise ExportError(message, record_type=rtype.name, key_range="planning") from None
         except BaseException:  # the plan's own errors: the connection must not outlive the source
             self.close()
             raise
@@ -287,13 +309,14 @@ class RecordSource:
     # -- reading -----------------------------------------------------------------
 
     def _query_table(self, sql: str, params: list[pa.Array], rows: int | None, where: str) -> pa.Table:
+        batch = pa.record_batch(params, names=[f"p{i}" for i in range(len(params))]) if params else None
         try:
-            batch = pa.record_batch(params, names=[f"p{i}" for i in range(len(params))]) if params else None
-            return _query(self._conn, sql, batch, rows).read_all()
+            return retrying(
+                lambda: _query(self._conn, sql, batch, rows).read_all(), self.retries, f"{self.rtype.name}, {where}"
+            )
         except adbc.Error as e:
-            raise ExportError(
-                f"reading the archive failed: {_adbc_message(e)}", record_type=self.rtype.name, key_range=where
-            ) from None
+            message = f"reading the archive failed: {_adbc_message(e)}{gave_up(self.retries) if transient(e) else ''}"
+            raise ExportError(message, record_type=self.rtype.name, key_range=where) from None
 
     def _plan(self, bucket_bytes: int) -> tuple[int, Plan]:
         """Bucket cuts of ~bucket_bytes from a sample of the time column; and the row count.
@@ -327,10 +350,8 @@ class RecordSource:
                     counts.append(ninst.filter(keep).rename("k").value_counts(sort=False, name="n"))
             finally:
                 reader.close()  # its statement too, so the connection can close after an error
-        except adbc.Error as e:
-            raise ExportError(
-                f"reading the archive failed: {_adbc_message(e)}", record_type=r.name, key_range="planning"
-            ) from None
+        except adbc.Error:
+            raise  # retried by the caller, or turned into an ExportError there
         if not counts:
             return 0, Plan()
         per_key = pl.concat(counts).group_by("k").agg(pl.col("n").sum() * PLAN_SAMPLE).sort("k")
@@ -513,6 +534,34 @@ def describe_key(key: tuple[int, str]) -> str:
     ninst, k = key
     when = "unparseable time" if ninst == UNPLACED else format_micros(-ninst)
     return f"{k or '(start)'} @ {when}"
+
+
+def transient(e: BaseException) -> bool:
+    """A locked or busy archive (SQLITE_BUSY, SQLITE_LOCKED): worth retrying."""
+    text = str(e).lower()
+    return any(m in text for m in ("database is locked", "database table is locked", "database is busy"))
+
+
+def retrying(fn: Callable[[], T], retries: int, where: str) -> T:
+    """``fn()``, retried ``retries`` times with exponential backoff while the archive is locked or busy."""
+    attempt = 0
+    while True:
+        try:
+            return fn()
+        except adbc.Error as e:
+            if not transient(e) or attempt >= retries:
+                raise
+            delay = RETRY_DELAY * 2**attempt
+            attempt += 1
+            log.warning("retry %d/%d in %.1f s: %s (%s)", attempt, retries, delay, _adbc_message(e), where)
+            _time.sleep(delay)
+
+
+def gave_up(retries: int) -> str:
+    """What a locked-archive error adds: how long it was retried."""
+    if not retries:
+        return " (not retried: --retries 0)"
+    return f" (gave up after {retries} retries over {RETRY_DELAY * (2**retries - 1):.1f} s)"
 
 
 def _uri_path(path: Path) -> str:
