@@ -116,6 +116,13 @@ def export_command(
             "--retries", min=0, help="Retries (backoff from 0.1 s, doubling) while the archive is locked or busy."
         ),
     ] = 5,
+    skip_unchanged: Annotated[
+        bool,
+        typer.Option(
+            "--skip-unchanged",
+            help="Do nothing if OUT already holds this export: same archive (path, size, time) and options.",
+        ),
+    ] = False,
     max_rejects: Annotated[
         int | None,
         typer.Option(
@@ -173,6 +180,7 @@ def export_command(
                 batch_bytes=_size(batch_bytes, "--batch-bytes"),
                 max_rejects=max_rejects,
                 retries=retries,
+                skip_unchanged=skip_unchanged,
                 progress=for_terminal(quiet),
             )
     except KeyboardInterrupt:
@@ -193,6 +201,14 @@ def export_command(
         typer.echo(f"pipeline: unexpected error: {type(e).__name__}: {e} (run with --debug for details)", err=True)
         raise typer.Exit(1) from None
     elapsed = time.monotonic() - started
+    if result.skipped:
+        fp = str(result.manifest.get("fingerprint", {}).get("sha256", ""))[:12]  # type: ignore[union-attr]
+        typer.echo(
+            f"Unchanged: {result.out} already holds this export (archive and options as before, fingerprint {fp});"
+            " nothing was written",
+            err=True,
+        )
+        return
     for notice in result.notices:
         typer.echo(f"pipeline: note: {notice}", err=True)
     for warning in result.warnings:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import collections
 import contextlib
 import functools
+import hashlib
+import json
 import os
 import queue
 import threading
@@ -28,7 +30,7 @@ from . import source as source_module
 from .errors import ArchiveError, ExportError, PipelineError, UsageError
 from .media import MediaResult, copy_media
 from .progress import Progress, Streams
-from .publish import TOOL, Staging
+from .publish import MANIFEST, TOOL, Staging
 from .records import COLLECTION_TYPES, OP_ACTIONS, OPS, RECORD_TYPES, RecordType
 from .sinks import SINKS, FileResult, NdjsonSink, Sink, concat_files
 from .sort import NINST
@@ -56,6 +58,7 @@ class ExportResult:
     media: int = 0  # blobs copied into media/
     media_missing: int = 0  # listed in the manifest: missing or unreadable
     media_refused: int = 0  # listed in the manifest: file_path outside the archive's folder, unsafe hash
+    skipped: bool = False  # --skip-unchanged found this export in ``out`` already: nothing was written
 
 
 def _iso(micros: int | None) -> str | None:
@@ -87,6 +90,7 @@ def export(
     batch_bytes: int = source_module.BATCH_BYTES,
     max_rejects: int | None = None,
     retries: int = source_module.RETRIES,
+    skip_unchanged: bool = False,
     progress: Progress | None = None,
 ) -> ExportResult:
     """Export an archive's records to ``out`` in each of ``formats``; publish all or nothing.
@@ -103,6 +107,9 @@ def export(
     ``retries``: how often a query that finds the archive locked or busy is
     retried (exponential backoff from 0.1 s; each retry logged on the
     ``pipeline`` logger) before the export fails.
+    ``skip_unchanged``: if ``out`` holds an export whose manifest has the same
+    ``fingerprint`` (the archive's identity and every option that shapes the
+    files), return it as it is (``ExportResult.skipped``) without exporting.
 
     Raises a PipelineError subclass (UsageError, ArchiveError, OutputError,
     ExportError) with a one-line message; nothing is written to ``out`` then.
@@ -134,6 +141,11 @@ def export(
             db.check(OPS)  # asked for: a missing table is an error
         if include_media and not db.has_table_named("media"):
             raise ArchiveError(f"archive {archive_path} has no 'media' table (asked for by --include-media)")
+        print_ = fingerprint(archive_path, formats, [r.name for r in rtypes], ops, include_media, filters)
+        if skip_unchanged:
+            earlier = _unchanged(out_path, print_)
+            if earlier is not None:
+                return earlier
         staging = Staging(out_path)
         try:
             streams: list[tuple[str, Callable[[Progress, _Budget], object]]] = []
@@ -186,6 +198,7 @@ def export(
                 "media_missing": media.missing,
                 "media_refused": media.refused,
                 "reject_count": rejects,
+                "fingerprint": print_,
             }
             staging.write_manifest(manifest)
             warnings = staging.publish()
@@ -203,6 +216,70 @@ def export(
 
 
 REJECTS = "rejects.ndjson"
+
+
+def fingerprint(
+    archive: Path,
+    formats: Sequence[str],
+    types: Sequence[str],
+    ops: bool,
+    include_media: bool,
+    filters: Filters,
+) -> dict[str, object]:
+    """What an export's files depend on: the archive's identity and the options that shape them.
+
+    The archive is identified by its path, size and modification time, and
+    those of its write-ahead log if it has one (SQLite writes to the log first),
+    not by a hash of its content, which would read the whole archive once more.
+    ``--jobs``, ``--batch-size``, ``--batch-bytes`` and ``--retries`` are left
+    out: the files do not depend on them.
+    """
+
+    def identity(path: Path) -> dict[str, object] | None:
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            return None
+        return {"size_bytes": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+    path = archive.resolve()
+    inputs: dict[str, object] = {
+        "tool_version": __version__,
+        "archive": {"path": str(path), **(identity(path) or {})},
+        "wal": identity(path.with_name(path.name + "-wal")),
+        "formats": list(formats),
+        "types": list(types),
+        "ops": ops,
+        "include_media": include_media,
+        "filters": {"did": filters.did, "since": _iso(filters.since), "until": _iso(filters.until)},
+    }
+    digest = hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()
+    return {"sha256": digest, **inputs}
+
+
+def _unchanged(out: Path, print_: dict[str, object]) -> ExportResult | None:
+    """The export already in ``out`` if its manifest has this fingerprint, else None."""
+    try:
+        manifest = json.loads((out / MANIFEST).read_text(encoding="utf-8"))
+        if not isinstance(manifest, dict) or manifest.get("fingerprint", {}).get("sha256") != print_["sha256"]:
+            return None
+        files = [FileResult(**f) for f in manifest["files"]]
+        # Every file still as the manifest lists it (size; the hash would mean reading them all).
+        if any((out / f.path).stat().st_size != f.size_bytes for f in files):
+            return None
+        return ExportResult(
+            out.resolve(),
+            dict(manifest["records"]),
+            files,
+            int(manifest["reject_count"]),
+            manifest,
+            media=int(manifest.get("media_count", 0)),
+            media_missing=len(manifest.get("media_missing", [])),
+            media_refused=len(manifest.get("media_refused", [])),
+            skipped=True,
+        )
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None  # no earlier export, or one this cannot read: export anew
 
 
 def parse_types(types: Sequence[str] | str | None) -> list[str] | None:
