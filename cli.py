@@ -48,6 +48,11 @@ class Format(StrEnum):
     ndjson = "ndjson"
 
 
+class LogFormat(StrEnum):
+    text = "text"
+    json = "json"
+
+
 def _terminate(signum: int, frame: object) -> None:
     from pipeline.errors import Interrupted
 
@@ -132,6 +137,14 @@ def export_command(
             show_default=False,
         ),
     ] = None,  # noqa: UP045
+    log_format: Annotated[
+        LogFormat,
+        typer.Option(
+            "--log-format",
+            help="text: progress and one-line messages; json: one JSON event per line on stderr (run_start, "
+            "stream_phase, progress at least every 5 s, retry, run_end).",
+        ),
+    ] = LogFormat.text,
     memray_file: Annotated[
         Path | None,
         typer.Option(
@@ -157,18 +170,27 @@ def export_command(
         pipeline run export archive.db -o exports/mine -f csv -f ndjson --types posts,likes --since 2024-01-01
     """
     from pipeline import PipelineError, export
-    from pipeline.progress import for_terminal
+    from pipeline.progress import JsonLog, JsonProgress, for_terminal
 
-    _log_to_stderr()
+    log = JsonLog() if log_format == LogFormat.json else None
+    say = _Reporter(log)
+    _log_to_stderr(log)
     signal.signal(signal.SIGTERM, _terminate)
     signal.signal(signal.SIGHUP, _terminate)  # the terminal went away
     started = time.monotonic()
+    chosen = [f.value for f in formats] if formats else ["csv", "json"]
+    say.event("run_start", archive=str(archive), out=str(out) if out else None, formats=chosen, argv=sys.argv[1:])
+    if log is None:
+        progress = for_terminal(quiet)
+    else:
+        interval = float(os.environ.get("PIPELINE_PROGRESS_INTERVAL", 5.0))
+        progress = JsonProgress(log, interval) if not quiet else None
     try:
         with _profiled(memray_file):
             result = export(
                 archive,
                 out,
-                formats=[f.value for f in formats] if formats else ("csv", "json"),
+                formats=chosen,
                 types=types,
                 ops=ops,
                 include_media=include_media,
@@ -181,57 +203,108 @@ def export_command(
                 max_rejects=max_rejects,
                 retries=retries,
                 skip_unchanged=skip_unchanged,
-                progress=for_terminal(quiet),
+                progress=progress,
             )
     except KeyboardInterrupt:
         if debug:
             raise
-        typer.echo("pipeline: interrupted; nothing was published", err=True)
+        say.failed("interrupted; nothing was published", 130, "pipeline: interrupted; nothing was published")
         raise typer.Exit(130) from None
     except PipelineError as e:
         if debug:
             raise
-        typer.echo(f"pipeline: error: {e}", err=True)
+        say.failed(str(e), e.exit_code, f"pipeline: error: {e}")
         raise typer.Exit(e.exit_code) from None
     except (SystemExit, GeneratorExit):
         raise
     except BaseException as e:  # Exception, and what a native library raises outside it (a Rust panic)
         if debug:
             raise
-        typer.echo(f"pipeline: unexpected error: {type(e).__name__}: {e} (run with --debug for details)", err=True)
+        message = f"unexpected error: {type(e).__name__}: {e}"
+        say.failed(message, 1, f"pipeline: {message} (run with --debug for details)")
         raise typer.Exit(1) from None
-    elapsed = time.monotonic() - started
-    if result.skipped:
-        fp = str(result.manifest.get("fingerprint", {}).get("sha256", ""))[:12]  # type: ignore[union-attr]
+    say.done(result, time.monotonic() - started, include_media)
+
+
+class _Reporter:
+    """What the command tells the user on stderr: lines (``--log-format text``) or JSON events."""
+
+    def __init__(self, log):
+        self._log = log
+
+    def event(self, event: str, **fields: object) -> None:
+        if self._log is not None:
+            self._log.emit(event, **fields)
+
+    def failed(self, message: str, code: int, line: str) -> None:
+        if self._log is not None:
+            self._log.emit("run_end", status="failed", exit_code=code, error=message)
+        else:
+            typer.echo(line, err=True)
+
+    def done(self, result, elapsed: float, include_media: bool) -> None:
+        if self._log is not None:
+            for notice in result.notices:
+                self._log.emit("notice", message=notice)
+            for warning in result.warnings:
+                self._log.emit("warning", message=warning)
+            self._log.emit(
+                "run_end",
+                status="unchanged" if result.skipped else "published",
+                exit_code=0,
+                out=str(result.out),
+                records=result.records,
+                rejects=result.rejects,
+                files=[{"path": f.path, "records": f.records, "bytes": f.size_bytes} for f in result.files],
+                bytes=sum(f.size_bytes for f in result.files),
+                media=result.media,
+                seconds=round(elapsed, 3),
+            )
+            return
+        if result.skipped:
+            fp = str(result.manifest.get("fingerprint", {}).get("sha256", ""))[:12]
+            typer.echo(
+                f"Unchanged: {result.out} already holds this export (archive and options as before, fingerprint {fp});"
+                " nothing was written",
+                err=True,
+            )
+            return
+        for notice in result.notices:
+            typer.echo(f"pipeline: note: {notice}", err=True)
+        for warning in result.warnings:
+            typer.echo(f"pipeline: warning: {warning}", err=True)
+        total = sum(result.records.values())
+        per_type = ", ".join(f"{n:,} {name}" for name, n in result.records.items())
+        files = ", ".join(f.path for f in result.files) if len(result.files) <= 6 else f"{len(result.files)} files"
+        rejects = f", {result.rejects:,} rejected value(s) in rejects.ndjson" if result.rejects else ""
+        if include_media:
+            rejects += f", {result.media:,} media file(s) copied"
+            if result.media_missing or result.media_refused:
+                rejects += (
+                    f" ({result.media_missing:,} missing, {result.media_refused:,} refused: listed in manifest.json)"
+                )
         typer.echo(
-            f"Unchanged: {result.out} already holds this export (archive and options as before, fingerprint {fp});"
-            " nothing was written",
-            err=True,
+            f"Exported {total:,} records ({per_type}) to {result.out} ({files}) in {elapsed:.2f}s{rejects}", err=True
         )
-        return
-    for notice in result.notices:
-        typer.echo(f"pipeline: note: {notice}", err=True)
-    for warning in result.warnings:
-        typer.echo(f"pipeline: warning: {warning}", err=True)
-    total = sum(result.records.values())
-    per_type = ", ".join(f"{n:,} {name}" for name, n in result.records.items())
-    files = ", ".join(f.path for f in result.files) if len(result.files) <= 6 else f"{len(result.files)} files"
-    rejects = f", {result.rejects:,} rejected value(s) in rejects.ndjson" if result.rejects else ""
-    if include_media:
-        rejects += f", {result.media:,} media file(s) copied"
-        if result.media_missing or result.media_refused:
-            rejects += f" ({result.media_missing:,} missing, {result.media_refused:,} refused: listed in manifest.json)"
-    typer.echo(
-        f"Exported {total:,} records ({per_type}) to {result.out} ({files}) in {elapsed:.2f}s{rejects}", err=True
-    )
 
 
-def _log_to_stderr() -> None:
-    """The library's log (retries of a locked archive) as ``pipeline: warning:`` lines."""
+def _log_to_stderr(log=None) -> None:
+    """The library's log (retries of a locked archive) as ``pipeline: warning:`` lines, or
+    as JSON events (``retry`` for a retry, ``log`` otherwise) with ``--log-format json``."""
     import logging
 
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("pipeline: %(levelname)s: %(message)s"))
+    if log is None:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("pipeline: %(levelname)s: %(message)s"))
+    else:
+
+        class _Events(logging.Handler):
+            def emit(self, record: logging.LogRecord) -> None:
+                message = record.getMessage()
+                event = "retry" if message.startswith("retry ") else "log"
+                log.emit(event, level=record.levelname.lower(), message=message)
+
+        handler = _Events()
     logger = logging.getLogger("pipeline")
     logger.handlers[:] = [handler]
     logger.setLevel(logging.INFO)

@@ -27,7 +27,90 @@ class Progress:
     def set_label(self, label: str) -> None:
         """A new description for what is being done, same count."""
 
+    def stream_phase(self, stream: str, phase: str, total: int) -> None:
+        """A stream (a record type, the ops, the media) began a phase; ``done`` when it ended."""
+
     def stop(self) -> None: ...
+
+
+class JsonLog:
+    """One JSON object per line (``--log-format json``): ``ts`` (UTC, ms), ``run_id``, ``event``, fields.
+
+    Thread-safe; each line is written and flushed whole.
+    """
+
+    def __init__(self, stream: TextIO | None = None, run_id: str | None = None):
+        import uuid
+
+        self.stream = stream or sys.stderr
+        self.run_id = run_id or uuid.uuid4().hex[:16]
+        self._lock = threading.Lock()
+
+    def emit(self, event: str, **fields: object) -> None:
+        import json
+        from datetime import UTC, datetime
+
+        ts = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        line = json.dumps({"ts": ts, "run_id": self.run_id, "event": event, **fields}, ensure_ascii=False, default=str)
+        with self._lock:
+            self.stream.write(line + "\n")
+            self.stream.flush()
+
+
+class JsonProgress(Progress):
+    """Progress as ``progress`` events at least every ``interval`` seconds (a timer thread, so a
+    slow batch still reports), and ``stream_phase`` events as streams start, change phase and end."""
+
+    def __init__(self, log: JsonLog, interval: float = PLAIN_INTERVAL):
+        self._log = log
+        self._interval = interval
+        self._done = self._total = 0
+        self._label = ""
+        self._t0 = time.monotonic()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self, label: str, total: int) -> None:
+        self._label, self._total, self._done = label, total, 0
+        if self._thread is None:
+            self._t0 = time.monotonic()
+            self._stop.clear()
+            self._thread = threading.Thread(target=self._run, name="progress", daemon=True)
+            self._thread.start()
+
+    def advance(self, n: int) -> None:
+        self._done += n
+
+    def set_total(self, total: int) -> None:
+        self._total = total
+
+    def set_label(self, label: str) -> None:
+        self._label = label
+
+    def stream_phase(self, stream: str, phase: str, total: int) -> None:
+        self._log.emit("stream_phase", stream=stream, phase=phase, total=total)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval):
+            self._tick()
+
+    def _tick(self) -> None:
+        elapsed = max(time.monotonic() - self._t0, 1e-9)
+        self._log.emit(
+            "progress",
+            label=self._label,
+            records=self._done,
+            total=self._total,
+            records_per_s=round(self._done / elapsed, 1),
+            elapsed_s=round(elapsed, 3),
+        )
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+            self._tick()  # the last count
 
 
 class PlainProgress(Progress):
@@ -166,6 +249,7 @@ class Streams:
             if phase is not None:  # a new phase: the last one's work is done
                 state[3] += state[2]
                 state[0], state[1], state[2] = phase, 0, total or 0
+                self._display.stream_phase(name, phase, total or 0)
             elif total is not None:
                 state[2] = total
             state[1] += done
