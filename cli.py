@@ -137,6 +137,15 @@ def export_command(
             show_default=False,
         ),
     ] = None,  # noqa: UP045
+    metrics_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--metrics-file",
+            help="Also write the run's metrics (per stream: records, batches, bytes, seconds, rows/s, retries, "
+            "rejects; peak memory) to this file in Prometheus' text format, after success or failure.",
+            show_default=False,
+        ),
+    ] = None,  # noqa: UP045
     log_format: Annotated[
         LogFormat,
         typer.Option(
@@ -173,7 +182,7 @@ def export_command(
     from pipeline.progress import JsonLog, JsonProgress, for_terminal
 
     log = JsonLog() if log_format == LogFormat.json else None
-    say = _Reporter(log)
+    say = _Reporter(log, metrics_file)
     _log_to_stderr(log)
     signal.signal(signal.SIGTERM, _terminate)
     signal.signal(signal.SIGHUP, _terminate)  # the terminal went away
@@ -227,22 +236,42 @@ def export_command(
 
 
 class _Reporter:
-    """What the command tells the user on stderr: lines (``--log-format text``) or JSON events."""
+    """What the command tells the user on stderr: lines (``--log-format text``) or JSON events;
+    and the ``--metrics-file``."""
 
-    def __init__(self, log):
+    def __init__(self, log, metrics_file: Path | None = None):
         self._log = log
+        self._metrics_file = metrics_file
+        self._started = time.monotonic()
+
+    def _metrics(self, metrics: dict[str, object], success: bool) -> None:
+        if self._metrics_file is None:
+            return
+        from pipeline.metrics import prometheus_text, write_metrics_file
+
+        text = prometheus_text(metrics, success=success, run_seconds=round(time.monotonic() - self._started, 3))
+        try:
+            write_metrics_file(self._metrics_file, text)
+        except OSError as e:
+            line = f"cannot write --metrics-file {self._metrics_file}: {e.strerror or e}"
+            if self._log is not None:
+                self._log.emit("warning", message=line)
+            else:
+                typer.echo(f"pipeline: warning: {line}", err=True)
 
     def event(self, event: str, **fields: object) -> None:
         if self._log is not None:
             self._log.emit(event, **fields)
 
     def failed(self, message: str, code: int, line: str) -> None:
+        self._metrics({}, success=False)
         if self._log is not None:
             self._log.emit("run_end", status="failed", exit_code=code, error=message)
         else:
             typer.echo(line, err=True)
 
     def done(self, result, elapsed: float, include_media: bool) -> None:
+        self._metrics(result.metrics, success=True)
         if self._log is not None:
             for notice in result.notices:
                 self._log.emit("notice", message=notice)

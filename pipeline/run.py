@@ -15,6 +15,7 @@ import json
 import os
 import queue
 import threading
+import time
 from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, FIRST_EXCEPTION, Future, ThreadPoolExecutor, as_completed, wait
 from dataclasses import asdict, dataclass, field, replace
@@ -59,6 +60,7 @@ class ExportResult:
     media_missing: int = 0  # listed in the manifest: missing or unreadable
     media_refused: int = 0  # listed in the manifest: file_path outside the archive's folder, unsafe hash
     skipped: bool = False  # --skip-unchanged found this export in ``out`` already: nothing was written
+    metrics: dict[str, object] = field(default_factory=dict, repr=False)  # metrics.json: per stream, the run
 
 
 def _iso(micros: int | None) -> str | None:
@@ -165,22 +167,33 @@ def export(
                 streams.append(("media", functools.partial(copy_media, db, staging.path, filters)))
             elif include_media:
                 notices.append("--include-media copies the media of exported posts; no posts were exported")
-            done = _run_streams(streams, jobs, progress, max_rejects)
+            started, seconds = time.monotonic(), {}
+            done = _run_streams(streams, jobs, progress, max_rejects, seconds)
             files: list[FileResult] = []
             records: dict[str, int] = {}
             reject_parts: list[tuple[Path, int]] = []
             media = MediaResult()
+            per_stream: dict[str, dict[str, object]] = {}
             for name, _ in streams:  # in stream order, whichever finished first
                 result = done[name]
                 if isinstance(result, MediaResult):
                     media = result
                     files += media.files
+                    per_stream[name] = _stream_metrics(len(media.files), 0, media.files, seconds[name], 0, 0)
                     continue
                 assert isinstance(result, _Stream)
                 files += result.files
                 records[name] = result.records
                 if result.rejects:
                     reject_parts.append(result.rejects)
+                per_stream[name] = _stream_metrics(
+                    result.records,
+                    result.batches,
+                    result.files,
+                    seconds[name],
+                    result.retries,
+                    result.rejects[1] if result.rejects else 0,
+                )
             rejects = sum(n for _, n in reject_parts)
             if reject_parts:
                 files.append(concat_files(staging.path, REJECTS, reject_parts))
@@ -201,6 +214,13 @@ def export(
                 "fingerprint": print_,
             }
             staging.write_manifest(manifest)
+            metrics = {
+                "run_seconds": round(time.monotonic() - started, 3),
+                "peak_rss_bytes": _peak_rss(),
+                "archive_retries": db.retried,
+                "streams": per_stream,
+            }
+            _write_json(staging.path / METRICS, metrics)
             warnings = staging.publish()
         except BaseException as e:
             staging.discard()
@@ -211,11 +231,44 @@ def export(
             raise
     return ExportResult(
         staging.out, records, files, rejects, manifest, warnings, notices,
-        len(media.files), len(media.missing), len(media.refused),
+        len(media.files), len(media.missing), len(media.refused), metrics=metrics,
     )  # fmt: skip
 
 
 REJECTS = "rejects.ndjson"
+METRICS = "metrics.json"  # beside manifest.json; not listed in it: it differs on every run
+
+
+def _stream_metrics(
+    records: int, batches: int, files: list[FileResult], seconds: float, retries: int, rejects: int
+) -> dict[str, object]:
+    return {
+        "records": records,
+        "batches": batches,
+        "bytes": sum(f.size_bytes for f in files),
+        "seconds": round(seconds, 3),
+        "rows_per_s": round(records / seconds) if seconds > 0 else None,
+        "retries": retries,
+        "rejects": rejects,
+    }
+
+
+def _peak_rss() -> int | None:
+    """This process's peak resident set so far, in bytes (None where the OS does not say)."""
+    try:
+        import resource
+        import sys
+
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return peak if sys.platform == "darwin" else peak * 1024  # bytes on macOS, KiB on Linux
+    except (ImportError, OSError):
+        return None
+
+
+def _write_json(path: Path, data: dict[str, object]) -> None:
+    with open(path, "x", encoding="utf-8") as f:
+        json.dump(data, f, indent=2)
+        f.write("\n")
 
 
 def fingerprint(
@@ -325,6 +378,8 @@ class _Stream:
     files: list[FileResult]
     records: int
     rejects: tuple[Path, int] | None
+    batches: int = 0  # pages read
+    retries: int = 0  # retries of a locked archive
 
 
 def _write_all(
@@ -359,10 +414,12 @@ def _write_all(
     rejects = _RejectLog(folder, rtype)
     progress.start(f"{rtype.name}: converting", source.total)
     pages = prefetch(source.pages(), budget.prefetch)
+    pages_read = 0
     try:
         key = _sort_key(rtype, wanted)
         with source.sorter([NINST, key]) as rows, source.sorter([NINST, KEY, "_col"]) as bad:
             for n, (rows_out, bad_out) in _convert_all(rtype, pages, wanted, budget.converters):
+                pages_read += 1
                 budget.check()
                 budget.rejected(bad_out.num_rows, rtype.name)
                 try:
@@ -404,7 +461,7 @@ def _write_all(
         budget.rejected(len(source.unplaced.keys), rtype.name)
         rejects.unplaced(source)
         results = [sinks[fmt].close() for fmt in formats]
-        return _Stream(results, source.total, rejects.close())
+        return _Stream(results, source.total, rejects.close(), pages_read, source.retried)
     except BaseException:
         for s in sinks.values():
             s.abort()
@@ -443,8 +500,10 @@ def _write_ops(
     rejects = _RejectLog(folder, rtype)
     progress.start("ops", source.total)
     pages = prefetch(source.pages(), budget.prefetch)
+    pages_read = 0
     try:
         for page, (rows_out, bad_out) in _convert_in_order(rtype, pages, wanted, budget.converters):
+            pages_read += 1
             budget.check()
             stems = _op_stems(page)
             for stem in stems.unique(maintain_order=True).to_list():
@@ -467,7 +526,7 @@ def _write_ops(
         for stem, fmt in sorted(sinks):  # the manifest lists them by name
             result = sinks[stem, fmt].close()
             results.append(replace(result, path=f"ops/{result.path}"))
-        return _Stream(results, source.total, rejects.close())
+        return _Stream(results, source.total, rejects.close(), pages_read, source.retried)
     except BaseException:
         for s in sinks.values():
             s.abort()
@@ -767,6 +826,7 @@ def _run_streams(
     jobs: int | None,
     progress: Progress,
     max_rejects: int | None = None,
+    seconds: dict[str, float] | None = None,
 ) -> dict[str, object]:
     """Run each stream (name, fn(progress, budget)); ``jobs`` at a time. Returns name → result.
 
@@ -776,6 +836,7 @@ def _run_streams(
     """
     if not streams:
         return {}
+    seconds = {} if seconds is None else seconds  # each stream's wall time, filled in as they end
     jobs = min(jobs or os.cpu_count() or 1, len(streams))
     cancel = threading.Event()
     # Memory is shared: each of the streams running at once gets its share of
@@ -787,11 +848,18 @@ def _run_streams(
         source_module.BUCKET_BYTES, converters, cancel, _PREFETCH if jobs == 1 else 1, _RejectCount(max_rejects)
     )
     display = Streams(progress)
+
+    def timed(name: str, fn: Callable[[Progress, _Budget], object]) -> object:
+        started = time.monotonic()
+        result = fn(display.stream(name), budget)
+        seconds[name] = time.monotonic() - started
+        return result
+
     try:
         if jobs == 1:
-            return {name: fn(display.stream(name), budget) for name, fn in streams}
+            return {name: timed(name, fn) for name, fn in streams}
         with ThreadPoolExecutor(jobs, thread_name_prefix="stream") as pool:
-            futures = {pool.submit(fn, display.stream(name), budget): name for name, fn in streams}
+            futures = {pool.submit(timed, name, fn): name for name, fn in streams}
             try:
                 finished, _ = wait(futures, return_when=FIRST_EXCEPTION)
                 failed = [f for f in finished if f.exception() is not None]

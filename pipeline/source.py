@@ -167,6 +167,7 @@ class Archive:
         if retries < 0:
             raise ValueError("retries must be 0 or more")
         self.retries = retries
+        self.retried = 0  # retries while opening
         self.path = Path(path)
         if not self.path.exists():
             raise ArchiveError(f"archive not found: {self.path}")
@@ -184,13 +185,16 @@ class Archive:
         try:
             self._db = adbc.AdbcDatabase(driver=adbc_driver_sqlite._driver_path(), uri=uri)
             self._conn = adbc.AdbcConnection(self._db)
-            self._tables = retrying(self._read_tables, self.retries, "opening the archive")
+            self._tables = retrying(self._read_tables, self.retries, "opening the archive", self._count_retry)
         except adbc.Error as e:
             if transient(e):  # locked past the retries: a failed run, not a bad archive
                 raise ExportError(
                     f"cannot open archive {self.path}: {_adbc_message(e)}{gave_up(self.retries)}"
                 ) from None
             raise ArchiveError(f"cannot open archive {self.path}: {_adbc_message(e)}") from None
+
+    def _count_retry(self) -> None:
+        self.retried += 1
 
     def __enter__(self) -> Archive:
         return self
@@ -286,13 +290,16 @@ class RecordSource:
         self.reads = reads or Reads()
         self._archive_bytes = archive.path.stat().st_size
         self.retries = archive.retries
+        self.retried = 0  # retries of a locked archive, over the passes and pages
         self._conn = adbc.AdbcConnection(archive._db)
         self._closed = False
         try:
             # One read transaction for both passes: they see the same rows.
             self._conn.set_autocommit(False)
             size = BUCKET_BYTES if bucket_bytes is None else bucket_bytes
-            self.total, self.plan = retrying(lambda: self._plan(size), self.retries, f"{rtype.name}, planning")
+            self.total, self.plan = retrying(
+                lambda: self._plan(size), self.retries, f"{rtype.name}, planning", self._count_retry
+            )
         except adbc.Error as e:
             self.close()
             message = f"reading the archive failed: {_adbc_message(e)}{gave_up(self.retries) if transient(e) else ''}"
@@ -300,6 +307,9 @@ class RecordSource:
         except BaseException:  # the plan's own errors: the connection must not outlive the source
             self.close()
             raise
+
+    def _count_retry(self) -> None:
+        self.retried += 1
 
     def close(self) -> None:
         if not self._closed:
@@ -312,7 +322,10 @@ class RecordSource:
         batch = pa.record_batch(params, names=[f"p{i}" for i in range(len(params))]) if params else None
         try:
             return retrying(
-                lambda: _query(self._conn, sql, batch, rows).read_all(), self.retries, f"{self.rtype.name}, {where}"
+                lambda: _query(self._conn, sql, batch, rows).read_all(),
+                self.retries,
+                f"{self.rtype.name}, {where}",
+                self._count_retry,
             )
         except adbc.Error as e:
             message = f"reading the archive failed: {_adbc_message(e)}{gave_up(self.retries) if transient(e) else ''}"
@@ -542,8 +555,9 @@ def transient(e: BaseException) -> bool:
     return any(m in text for m in ("database is locked", "database table is locked", "database is busy"))
 
 
-def retrying(fn: Callable[[], T], retries: int, where: str) -> T:
-    """``fn()``, retried ``retries`` times with exponential backoff while the archive is locked or busy."""
+def retrying(fn: Callable[[], T], retries: int, where: str, on_retry: Callable[[], None] | None = None) -> T:
+    """``fn()``, retried ``retries`` times with exponential backoff while the archive is locked or busy;
+    ``on_retry`` is called before each retry (to count them)."""
     attempt = 0
     while True:
         try:
@@ -554,6 +568,8 @@ def retrying(fn: Callable[[], T], retries: int, where: str) -> T:
             delay = RETRY_DELAY * 2**attempt
             attempt += 1
             log.warning("retry %d/%d in %.1f s: %s (%s)", attempt, retries, delay, _adbc_message(e), where)
+            if on_retry is not None:
+                on_retry()
             _time.sleep(delay)
 
 

@@ -134,7 +134,8 @@ def test_default_out_and_formats(tmp_path, fixture_archive):
     (out,) = (tmp_path / "exports").iterdir()
     assert out.name.startswith("archive-")
     assert sorted(p.name for p in out.iterdir() if p.name != "rejects.ndjson") == [
-        "follows.csv", "follows.json", "likes.csv", "likes.json", "manifest.json", "posts.csv", "posts.json",
+        "follows.csv", "follows.json", "likes.csv", "likes.json", "manifest.json", "metrics.json", "posts.csv",
+        "posts.json",
     ]  # every record type the archive has, in csv and json  # fmt: skip
 
 
@@ -148,7 +149,7 @@ def test_types_option(tmp_path, fixture_archive):
     proc = run_cli("run", "export", fixture_archive, "--out", tmp_path / "o", "--types", "follows,likes", "-q")
     assert proc.returncode == 0, proc.stderr
     assert sorted(p.name for p in (tmp_path / "o").iterdir()) == [
-        "follows.csv", "follows.json", "likes.csv", "likes.json", "manifest.json",
+        "follows.csv", "follows.json", "likes.csv", "likes.json", "manifest.json", "metrics.json",
     ]  # fmt: skip
     proc = run_cli("run", "export", fixture_archive, "--out", tmp_path / "p", "--types", "posts,reposts")
     _one_line_error(proc, 2, "unknown record type", "reposts")

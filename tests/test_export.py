@@ -153,7 +153,8 @@ def test_null_prefix_column(archive_null_prefix, tmp_path):
 
 
 def _data_files(out: Path) -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in sorted(out.iterdir()) if p.name != "manifest.json"}
+    # metrics.json (times, memory) differs on every run by nature
+    return {p.name: p.read_bytes() for p in sorted(out.iterdir()) if p.name not in ("manifest.json", "metrics.json")}
 
 
 def test_bytes_identical_across_batch_sizes_and_runs(fixture_archive, tmp_path):
@@ -280,7 +281,7 @@ def test_types_option_and_missing_tables(fixture_archive, tmp_path):
 
     out = tmp_path / "likes-only"
     result = pipeline.export(fixture_archive, out, formats=["csv"], types=["likes"])
-    assert sorted(p.name for p in out.iterdir()) == ["likes.csv", "manifest.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["likes.csv", "manifest.json", "metrics.json"]
     assert list(result.records) == ["likes"] and result.notices == []
     check_export(out, fixture_archive, ["csv"], ("likes",))
 
