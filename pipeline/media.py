@@ -25,7 +25,7 @@ import pyarrow as pa
 from .errors import ExportError
 from .progress import Progress
 from .sinks import FileResult, _HashingFile
-from .source import Archive, Filters, _adbc_message, _query, gave_up, retrying, transient
+from .source import Archive, Filters, _adbc_message, gave_up, retrying, transient
 from .timestamps import parse_instants
 
 MEDIA_DIR = "media"
@@ -79,14 +79,11 @@ def media_rows(archive: Archive, filters: Filters) -> pl.DataFrame:
         " CAST(m.file_path AS BLOB) AS file_path, CAST(p.created_at AS TEXT) AS created_at"
         f" FROM main.media AS m JOIN main.posts AS p ON p.uri = m.post_uri{where}"
     )
-    conn = adbc.AdbcConnection(archive._db)
-    try:
-        table = retrying(lambda: _query(conn, sql, params, None).read_all(), archive.retries, "media")
+    try:  # in the archive's read transaction: the same snapshot as the posts
+        table = retrying(lambda: archive.read_table(sql, params), archive.retries, "media")
     except adbc.Error as e:
         message = f"reading the archive failed: {_adbc_message(e)}{gave_up(archive.retries) if transient(e) else ''}"
         raise ExportError(message, record_type="media") from None
-    finally:
-        conn.close()
     schema = pa.schema([*((n, pa.binary()) for n in ("hash", "mime_type", "file_path")), ("created_at", pa.string())])
     df = pl.from_arrow(table.cast(schema))
     assert isinstance(df, pl.DataFrame)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time as _time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -181,10 +182,15 @@ class Archive:
         if magic != _SQLITE_MAGIC:
             raise ArchiveError(f"not a SQLite database: {self.path}")
         self._sources: list[RecordSource] = []
+        self.lock = threading.RLock()
         uri = "file:" + _uri_path(self.path.resolve()) + "?mode=ro"
         try:
             self._db = adbc.AdbcDatabase(driver=adbc_driver_sqlite._driver_path(), uri=uri)
             self._conn = adbc.AdbcConnection(self._db)
+            # One read transaction for the whole export, begun by the first query below:
+            # every record type, page and stream reads the same snapshot of the archive,
+            # however it is written meanwhile (see read_table).
+            self._conn.set_autocommit(False)
             self._tables = retrying(self._read_tables, self.retries, "opening the archive", self._count_retry)
         except adbc.Error as e:
             if transient(e):  # locked past the retries: a failed run, not a bad archive
@@ -210,6 +216,17 @@ class Archive:
 
     def _query(self, sql: str, params: pa.RecordBatch | None = None, rows: int | None = None) -> pa.RecordBatchReader:
         return _query(self._conn, sql, params, rows)
+
+    def read_table(self, sql: str, params: pa.RecordBatch | None = None, rows: int | None = None) -> pa.Table:
+        """The whole result of one query, in the archive's one read transaction.
+
+        Every source and stream reads through this one connection, so all see
+        the snapshot taken when the archive was opened; ``lock`` keeps their
+        calls into the driver one at a time (SQLite itself runs several open
+        statements on one connection).
+        """
+        with self.lock:
+            return _query(self._conn, sql, params, rows).read_all()
 
     def _read_tables(self) -> dict[str, set[str]]:
         names = self._query("SELECT name FROM sqlite_master WHERE type = 'table'").read_all()
@@ -291,11 +308,9 @@ class RecordSource:
         self._archive_bytes = archive.path.stat().st_size
         self.retries = archive.retries
         self.retried = 0  # retries of a locked archive, over the passes and pages
-        self._conn = adbc.AdbcConnection(archive._db)
+        self._archive = archive  # its connection and read transaction: the export's one snapshot
         self._closed = False
         try:
-            # One read transaction for both passes: they see the same rows.
-            self._conn.set_autocommit(False)
             size = BUCKET_BYTES if bucket_bytes is None else bucket_bytes
             self.total, self.plan = retrying(
                 lambda: self._plan(size), self.retries, f"{rtype.name}, planning", self._count_retry
@@ -312,9 +327,8 @@ class RecordSource:
         self.retried += 1
 
     def close(self) -> None:
-        if not self._closed:
-            self._conn.close()  # raises while a statement is open: then it is not marked closed
-            self._closed = True
+        """Nothing to release: the connection is the archive's (each query closes its statement)."""
+        self._closed = True
 
     # -- reading -----------------------------------------------------------------
 
@@ -322,7 +336,7 @@ class RecordSource:
         batch = pa.record_batch(params, names=[f"p{i}" for i in range(len(params))]) if params else None
         try:
             return retrying(
-                lambda: _query(self._conn, sql, batch, rows).read_all(),
+                lambda: self._archive.read_table(sql, batch, rows),
                 self.retries,
                 f"{self.rtype.name}, {where}",
                 self._count_retry,
@@ -354,15 +368,22 @@ class RecordSource:
         counts, rows = [], 0
         try:
             batch = pa.record_batch(params, names=["p0"]) if params else None
-            reader = _query(self._conn, sql, batch, PLAN_ROWS)
+            lock = self._archive.lock
+            with lock:
+                reader = _query(self._archive._conn, sql, batch, PLAN_ROWS)
             try:
-                for chunk in reader:
+                while True:
+                    with lock:  # other streams' pages go between these batches
+                        chunk = reader.read_next_batch()
+                    if chunk is None:
+                        break
                     rows += chunk.num_rows
                     sample = pl.from_arrow(chunk.column(0)).gather_every(PLAN_SAMPLE)  # type: ignore[union-attr]
                     keep, ninst = self._placed(parse_instants(sample))
                     counts.append(ninst.filter(keep).rename("k").value_counts(sort=False, name="n"))
             finally:
-                reader.close()  # its statement too, so the connection can close after an error
+                with lock:
+                    reader.close()  # its statement too, so the connection can close after an error
         except adbc.Error:
             raise  # retried by the caller, or turned into an ExportError there
         if not counts:
@@ -640,6 +661,14 @@ class _Owned:
             return self._reader.read_all()
         finally:
             self.close()
+
+    def read_next_batch(self) -> pa.RecordBatch | None:
+        """The next batch, or None (and the statement closed) at the end."""
+        try:
+            return self._reader.read_next_batch()
+        except StopIteration:
+            self.close()
+            return None
 
     def close(self) -> None:
         """Idempotent: exhausting the reader closes it too."""
