@@ -195,6 +195,7 @@ def export_command(
         interval = float(os.environ.get("PIPELINE_PROGRESS_INTERVAL", 5.0))
         progress = JsonProgress(log, interval) if not quiet else None
     try:
+        batch_bytes_ = _size(batch_bytes, "--batch-bytes")  # before --memray creates its file
         with _profiled(memray_file):
             result = export(
                 archive,
@@ -208,7 +209,7 @@ def export_command(
                 since=since,
                 until=until,
                 batch_size=batch_size,
-                batch_bytes=_size(batch_bytes, "--batch-bytes"),
+                batch_bytes=batch_bytes_,
                 max_rejects=max_rejects,
                 retries=retries,
                 skip_unchanged=skip_unchanged,
@@ -323,8 +324,13 @@ def _log_to_stderr(log=None) -> None:
     import logging
 
     if log is None:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("pipeline: %(levelname)s: %(message)s"))
+
+        class _Lines(logging.Handler):
+            def emit(self, record: logging.LogRecord) -> None:
+                # sys.stderr as it is now: the progress bar redirects it to print above itself
+                print(f"pipeline: {record.levelname.lower()}: {record.getMessage()}", file=sys.stderr, flush=True)
+
+        handler = _Lines()
     else:
 
         class _Events(logging.Handler):
@@ -338,7 +344,6 @@ def _log_to_stderr(log=None) -> None:
     logger.handlers[:] = [handler]
     logger.setLevel(logging.INFO)
     logger.propagate = False
-    logging.addLevelName(logging.WARNING, "warning")
 
 
 def _size(text: str, option: str) -> int:
@@ -348,9 +353,12 @@ def _size(text: str, option: str) -> int:
     value = text.strip().upper().removesuffix("IB").removesuffix("B")
     scale = {"K": 2**10, "M": 2**20, "G": 2**30}.get(value[-1:], 1)
     number = value[:-1] if scale > 1 else value
-    if not number.isdigit():
+    if not (number.isascii() and number.isdecimal()):
         raise UsageError(f"{option}: cannot read {text!r} as a size (e.g. 64M, 1G, 67108864)")
-    return int(number) * scale
+    size = int(number) * scale
+    if size > 2**40:
+        raise UsageError(f"{option}: {text!r} is more than 1T")
+    return size
 
 
 @contextlib.contextmanager

@@ -42,6 +42,10 @@ class ExportError(PipelineError):
         self.key_range = key_range
 
 
+class Cancelled(Exception):  # noqa: N818 - a control signal, not an error to report
+    """Another stream failed (or the run was interrupted): stop now."""
+
+
 class Interrupted(PipelineError):
     """The export was stopped by a signal (Ctrl-C or SIGTERM)."""
 

@@ -80,7 +80,7 @@ def media_rows(archive: Archive, filters: Filters) -> pl.DataFrame:
         f" FROM main.media AS m JOIN main.posts AS p ON p.uri = m.post_uri{where}"
     )
     try:  # in the archive's read transaction: the same snapshot as the posts
-        table = retrying(lambda: archive.read_table(sql, params), archive.retries, "media")
+        table = retrying(lambda: archive.read_table(sql, params), archive.retries, "media", cancel=archive.cancel)
     except adbc.Error as e:
         message = f"reading the archive failed: {_adbc_message(e)}{gave_up(archive.retries) if transient(e) else ''}"
         raise ExportError(message, record_type="media") from None

@@ -28,7 +28,7 @@ import pyarrow as pa
 
 from . import __version__, transforms
 from . import source as source_module
-from .errors import ArchiveError, ExportError, PipelineError, UsageError
+from .errors import ArchiveError, Cancelled, ExportError, PipelineError, UsageError
 from .media import MediaResult, copy_media
 from .progress import Progress, Streams
 from .publish import MANIFEST, TOOL, Staging
@@ -147,6 +147,11 @@ def export(
         if skip_unchanged:
             earlier = _unchanged(out_path, print_)
             if earlier is not None:
+                if max_rejects is not None and earlier.rejects > max_rejects:  # as a new run would fail
+                    raise ExportError(
+                        f"more than --max-rejects {max_rejects} value(s) rejected ({earlier.rejects} in the unchanged"
+                        f" export in {earlier.out}); nothing was published"
+                    )
                 return earlier
         staging = Staging(out_path)
         try:
@@ -168,7 +173,8 @@ def export(
             elif include_media:
                 notices.append("--include-media copies the media of exported posts; no posts were exported")
             started, seconds = time.monotonic(), {}
-            done = _run_streams(streams, jobs, progress, max_rejects, seconds)
+            db.cancel = cancel = threading.Event()  # also ends a stream's wait to retry a locked archive
+            done = _run_streams(streams, jobs, progress, max_rejects, seconds, cancel)
             files: list[FileResult] = []
             records: dict[str, int] = {}
             reject_parts: list[tuple[Path, int]] = []
@@ -775,10 +781,6 @@ def prefetch(items: Iterable[T], depth: int) -> Generator[T, None, None]:
 # --- streams --------------------------------------------------------------------------
 
 
-class Cancelled(Exception):  # noqa: N818 - a control signal, not an error to report
-    """Another stream failed (or the run was interrupted): stop now."""
-
-
 class _RejectCount:
     """Rejected values over all streams, against ``--max-rejects``."""
 
@@ -827,6 +829,7 @@ def _run_streams(
     progress: Progress,
     max_rejects: int | None = None,
     seconds: dict[str, float] | None = None,
+    cancel: threading.Event | None = None,
 ) -> dict[str, object]:
     """Run each stream (name, fn(progress, budget)); ``jobs`` at a time. Returns name → result.
 
@@ -838,7 +841,7 @@ def _run_streams(
         return {}
     seconds = {} if seconds is None else seconds  # each stream's wall time, filled in as they end
     jobs = min(jobs or os.cpu_count() or 1, len(streams))
-    cancel = threading.Event()
+    cancel = cancel or threading.Event()
     # Memory is shared: each of the streams running at once gets its share of
     # the sort buckets and of the converter threads.
     converters = ThreadPoolExecutor(CONVERTERS, thread_name_prefix="convert")

@@ -80,8 +80,15 @@ _live_lock = threading.Lock()
 class BucketSorter:
     """Collects tables with a ``_ninst`` column; yields them back sorted by ``order``."""
 
-    def __init__(self, plan: Plan, order: Sequence[str], spill_dir: str | os.PathLike[str] | None = None):
+    def __init__(
+        self,
+        plan: Plan,
+        order: Sequence[str],
+        spill_dir: str | os.PathLike[str] | None = None,
+        max_bytes: int | None = None,
+    ):
         self._bounds = pl.Series(plan.bounds, dtype=pl.Int64)
+        self._max_bytes = max_bytes  # a bucket larger than this on disk is split before it is read
         self._order = [(c, "ascending") for c in order]
         self._parent = spill_dir
         self._folder: Path | None = None
@@ -145,6 +152,13 @@ class BucketSorter:
         parts, self._parts = self._parts, {}
         for bucket in sorted(parts):
             self.reading = bucket
+            size = sum(p.stat().st_size for p in parts[bucket])
+            if self._max_bytes is not None and size > self._max_bytes:
+                split = self._split(parts[bucket], size)
+                if split is not None:
+                    with split:
+                        yield from split.sorted()
+                    continue
             tables = []
             for path in parts[bucket]:
                 with pa.OSFile(str(path)) as f, ipc.open_stream(f) as reader:
@@ -154,6 +168,38 @@ class BucketSorter:
             del tables
             yield table
             del table
+
+    def _split(self, paths: list[Path], size: int) -> BucketSorter | None:
+        """A bucket too large to hold (huge rows close in time; the plan sized buckets by the
+        archive's average row) spilled again into sub-buckets, one IPC batch at a time; its
+        files are gone. None if its rows share one instant (then it is read whole)."""
+        assert self.max_bytes is not None
+        ninst = []
+        for path in paths:  # pass 1: the instants alone
+            with pa.OSFile(str(path)) as f, ipc.open_stream(f) as reader:
+                for batch in reader:
+                    ninst.append(pl.from_arrow(batch.column(NINST)))
+        counts = pl.concat(ninst).rename("k").value_counts(sort=True, name="n").sort("k")  # type: ignore[arg-type]
+        if counts.height < 2:
+            return None
+        rows = int(counts.get_column("n").sum())
+        per_bucket = max(1, rows * self.max_bytes // (2 * size))  # sub-buckets of about half the limit
+        plan = Plan.from_counts(counts.get_column("k"), counts.get_column("n"), per_bucket)
+        child = BucketSorter(plan, [c for c, _ in self._order], self._folder, self.max_bytes)
+        try:
+            for path in paths:  # pass 2: every batch to its sub-bucket
+                with pa.OSFile(str(path)) as f, ipc.open_stream(f) as reader:
+                    for batch in reader:
+                        child.add(pa.Table.from_batches([batch]))
+                path.unlink()
+        except BaseException:
+            child.close()
+            raise
+        return child
+
+    @property
+    def max_bytes(self) -> int | None:
+        return self._max_bytes
 
     def span(self, bucket: int | None) -> str:
         """The instants a bucket holds, for messages (newest first, as exported)."""

@@ -20,6 +20,7 @@ and sorts what it will write.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
@@ -36,7 +37,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .errors import ArchiveError, ExportError, UsageError
+from .errors import ArchiveError, Cancelled, ExportError, UsageError
 from .records import RecordType
 from .sort import NINST, UNPLACED, BucketSorter, Plan
 from .timestamps import parse_instants
@@ -46,6 +47,7 @@ _SQLITE_MAGIC = b"SQLite format 3\x00"
 log = logging.getLogger("pipeline")
 RETRIES = 5  # a locked or busy archive is retried this many times
 RETRY_DELAY = 0.1  # seconds before the first retry; doubled each time (0.1 + 0.2 + ... + 1.6 = 3.1 s)
+RETRY_DELAY_MAX = 2.0  # no single wait is longer
 PLAN_ROWS = 65_536
 PLAN_SAMPLE = 16  # the key pass parses one time value in this many
 PAGE_ROWS = 16_384
@@ -169,6 +171,7 @@ class Archive:
             raise ValueError("retries must be 0 or more")
         self.retries = retries
         self.retried = 0  # retries while opening
+        self.cancel: threading.Event | None = None  # set by the runner: stops a retry's wait
         self.path = Path(path)
         if not self.path.exists():
             raise ArchiveError(f"archive not found: {self.path}")
@@ -193,6 +196,7 @@ class Archive:
             self._conn.set_autocommit(False)
             self._tables = retrying(self._read_tables, self.retries, "opening the archive", self._count_retry)
         except adbc.Error as e:
+            self._close_handles()
             if transient(e):  # locked past the retries: a failed run, not a bad archive
                 raise ExportError(
                     f"cannot open archive {self.path}: {_adbc_message(e)}{gave_up(self.retries)}"
@@ -211,8 +215,13 @@ class Archive:
     def close(self) -> None:
         for source in self._sources:
             source.close()
-        self._conn.close()
-        self._db.close()
+        self._close_handles()
+
+    def _close_handles(self) -> None:
+        for handle in (getattr(self, "_conn", None), getattr(self, "_db", None)):
+            if handle is not None:
+                with contextlib.suppress(adbc.Error):
+                    handle.close()
 
     def _query(self, sql: str, params: pa.RecordBatch | None = None, rows: int | None = None) -> pa.RecordBatchReader:
         return _query(self._conn, sql, params, rows)
@@ -311,9 +320,9 @@ class RecordSource:
         self._archive = archive  # its connection and read transaction: the export's one snapshot
         self._closed = False
         try:
-            size = BUCKET_BYTES if bucket_bytes is None else bucket_bytes
+            size = self._bucket_bytes = BUCKET_BYTES if bucket_bytes is None else bucket_bytes
             self.total, self.plan = retrying(
-                lambda: self._plan(size), self.retries, f"{rtype.name}, planning", self._count_retry
+                lambda: self._plan(size), self.retries, f"{rtype.name}, planning", self._count_retry, archive.cancel
             )
         except adbc.Error as e:
             self.close()
@@ -340,6 +349,7 @@ class RecordSource:
                 self.retries,
                 f"{self.rtype.name}, {where}",
                 self._count_retry,
+                self._archive.cancel,
             )
         except adbc.Error as e:
             message = f"reading the archive failed: {_adbc_message(e)}{gave_up(self.retries) if transient(e) else ''}"
@@ -434,43 +444,62 @@ class RecordSource:
         cols = ", ".join(self.reads.expression(c) for c in r.column_names)
         size = " + ".join([str(_ROW_OVERHEAD * (len(r.column_names) + 1)), *map(self.reads.size, r.column_names)])
         did = " AND p.did = ?" if f.did is not None else ""
-        probe = f"SELECT p.rowid AS _rid, {size} AS _bytes FROM {table} WHERE p.rowid > ?{did} ORDER BY p.rowid"
+        probe = f"SELECT p.rowid AS _rid, {size} AS _bytes FROM {table} WHERE p.rowid {{op}} ?{did} ORDER BY p.rowid"
         probe += f" LIMIT {rows}"
-        sql = f"SELECT p.rowid AS _rid, {cols} FROM {table} WHERE p.rowid > ? AND p.rowid <= ?{did} ORDER BY p.rowid"
+        sql = (
+            f"SELECT p.rowid AS _rid, {cols} FROM {table} WHERE p.rowid {{op}} ? AND p.rowid <= ?{did} ORDER BY p.rowid"
+        )
         schema = pa.schema([("_rid", pa.int64()), *self.schema])
-        timed = f.since is not None or f.until is not None
-        after, seen = -(2**63), 0
+        budget = self.batch_bytes // PAGES_PER_BATCH
+        after, first, seen = -(2**63), True, 0  # the first page starts at the lowest rowid, -2**63 included
         while True:
+            op = ">=" if first else ">"
             params = [pa.array([after], pa.int64())]
             if f.did is not None:
                 params.append(pa.array([f.did], pa.string()))
-            sizes = self._query_table(probe, params, rows, f"rowid after {after}")
+            sizes = self._query_table(probe.format(op=op), params, rows, f"rowid after {after}")
             if sizes.num_rows == 0:
                 break
-            last = _cut(sizes, self.batch_bytes // PAGES_PER_BATCH)
-            params.insert(1, pa.array([last], pa.int64()))
-            page = self._query_table(sql, params, rows, f"rowid after {after}")
-            page = page.cast(schema)
-            after = last
-            inst = parse_instants(_frame(page.select([r.time])).to_series())
-            keep, ninst = self._placed(inst)
-            if timed:
-                dropped = inst.is_null()
-                if dropped.any():
-                    self.unplaced.keys.extend(pl.from_arrow(page.column(r.key)).filter(dropped).to_list())  # type: ignore[union-attr]
-                    self.unplaced.values.extend(pl.from_arrow(page.column(r.time)).filter(dropped).to_list())  # type: ignore[union-attr]
-            out = page.drop_columns(["_rid"]).append_column(NINST, ninst.to_arrow())
-            if not keep.all():
-                out = out.filter(keep.to_arrow())
-            seen += out.num_rows
-            yield out
-            if sizes.num_rows < rows and last == sizes.column("_rid")[-1].as_py():
+            # One probe sizes several pages: it is read again only once its rows are used up.
+            rids = sizes.column("_rid").to_pylist()
+            ends = pl.from_arrow(sizes.column("_bytes")).cast(pl.Int64).cum_sum()  # type: ignore[union-attr]
+            start = 0
+            while start < len(rids):
+                base = int(ends[start - 1]) if start else 0
+                fit = int(ends.search_sorted(base + budget, side="right")) - start
+                last = rids[start + max(1, fit) - 1]
+                params = [pa.array([after], pa.int64()), pa.array([last], pa.int64())]
+                if f.did is not None:
+                    params.append(pa.array([f.did], pa.string()))
+                page = self._query_table(sql.format(op=op), params, rows, f"rowid after {after}")
+                yield self._placed_page(page.cast(schema))
+                seen += self._last_rows
+                start += max(1, fit)
+                after, first, op = last, False, ">"
+            if sizes.num_rows < rows:
                 break
         self.total = seen
 
+    def _placed_page(self, page: pa.Table) -> pa.Table:
+        """A page with ``_ninst`` (its rows' instants), without rows the time filters leave out
+        (those without an instant are kept aside in ``unplaced``); ``_last_rows`` its rows."""
+        r, f = self.rtype, self.filters
+        inst = parse_instants(_frame(page.select([r.time])).to_series())
+        keep, ninst = self._placed(inst)
+        if f.since is not None or f.until is not None:
+            dropped = inst.is_null()
+            if dropped.any():
+                self.unplaced.keys.extend(pl.from_arrow(page.column(r.key)).filter(dropped).to_list())  # type: ignore[union-attr]
+                self.unplaced.values.extend(pl.from_arrow(page.column(r.time)).filter(dropped).to_list())  # type: ignore[union-attr]
+        out = page.drop_columns(["_rid"]).append_column(NINST, ninst.to_arrow())
+        if not keep.all():
+            out = out.filter(keep.to_arrow())
+        self._last_rows = out.num_rows
+        return out
+
     def sorter(self, order: list[str] | None = None) -> BucketSorter:
         """An external sorter with this source's plan (default order: instant, then key)."""
-        return BucketSorter(self.plan, order or [NINST, self.rtype.key], self.spill_dir)
+        return BucketSorter(self.plan, order or [NINST, self.rtype.key], self.spill_dir, 4 * self._bucket_bytes)
 
     def __iter__(self) -> Iterator[pa.RecordBatch]:
         with self.sorter() as sorter:
@@ -526,13 +555,6 @@ def rebatch(tables: Iterator[pa.Table], max_rows: int, max_bytes: int) -> Iterat
         yield pa.concat_tables(carry).combine_chunks()
 
 
-def _cut(sizes: pa.Table, budget: int) -> int:
-    """The last rowid of a page: as many of the probed rows as fit ``budget`` bytes, at least one."""
-    total = pl.from_arrow(sizes.column("_bytes")).cast(pl.Int64).cum_sum()  # type: ignore[union-attr]
-    fit = max(1, int((total <= budget).sum()))  # cumulative sizes only grow: the fitting rows come first
-    return sizes.column("_rid")[fit - 1].as_py()
-
-
 def range_metadata(table: pa.Table, key: str) -> dict[str, str]:
     """The first and last (instant, key) of a sorted table, for error messages."""
     ninst, keys = table.column(NINST), table.column(key)
@@ -571,14 +593,28 @@ def describe_key(key: tuple[int, str]) -> str:
 
 
 def transient(e: BaseException) -> bool:
-    """A locked or busy archive (SQLITE_BUSY, SQLITE_LOCKED): worth retrying."""
-    text = str(e).lower()
-    return any(m in text for m in ("database is locked", "database table is locked", "database is busy"))
+    """A locked archive (SQLITE_BUSY, SQLITE_LOCKED: SQLite's "database is locked", "database
+    table is locked"): worth retrying. Only the message's first line counts: the rest quotes
+    the SQL, which may hold names taken from the archive."""
+    lines = str(e).lower().splitlines()
+    return bool(lines) and ("database is locked" in lines[0] or "database table is locked" in lines[0])
 
 
-def retrying(fn: Callable[[], T], retries: int, where: str, on_retry: Callable[[], None] | None = None) -> T:
-    """``fn()``, retried ``retries`` times with exponential backoff while the archive is locked or busy;
-    ``on_retry`` is called before each retry (to count them)."""
+def _delay(attempt: int) -> float:
+    return min(RETRY_DELAY * 2**attempt, RETRY_DELAY_MAX)
+
+
+def retrying(
+    fn: Callable[[], T],
+    retries: int,
+    where: str,
+    on_retry: Callable[[], None] | None = None,
+    cancel: threading.Event | None = None,
+) -> T:
+    """``fn()``, retried ``retries`` times with exponential backoff (capped at RETRY_DELAY_MAX a
+    wait) while the archive is locked; ``on_retry`` is called before each retry (to count
+    them). A wait ends early, raising Cancelled, once ``cancel`` is set (another stream
+    failed, or the run was interrupted)."""
     attempt = 0
     while True:
         try:
@@ -586,19 +622,22 @@ def retrying(fn: Callable[[], T], retries: int, where: str, on_retry: Callable[[
         except adbc.Error as e:
             if not transient(e) or attempt >= retries:
                 raise
-            delay = RETRY_DELAY * 2**attempt
+            delay = _delay(attempt)
             attempt += 1
             log.warning("retry %d/%d in %.1f s: %s (%s)", attempt, retries, delay, _adbc_message(e), where)
             if on_retry is not None:
                 on_retry()
-            _time.sleep(delay)
+            if cancel is None:
+                _time.sleep(delay)
+            elif cancel.wait(delay):
+                raise Cancelled from None
 
 
 def gave_up(retries: int) -> str:
     """What a locked-archive error adds: how long it was retried."""
     if not retries:
         return " (not retried: --retries 0)"
-    return f" (gave up after {retries} retries over {RETRY_DELAY * (2**retries - 1):.1f} s)"
+    return f" (gave up after {retries} retries over {sum(map(_delay, range(retries))):.1f} s)"
 
 
 def _uri_path(path: Path) -> str:

@@ -107,7 +107,7 @@ def test_export_with_huge_rows_matches_oracle(huge_rows, tmp_path):
         assert (tmp_path / "small" / f"posts.{f}").read_bytes() == (tmp_path / "default" / f"posts.{f}").read_bytes()
 
 
-@pytest.mark.parametrize("value", ["12x", "-1", "", "1.5M", "500K"])
+@pytest.mark.parametrize("value", ["12x", "-1", "", "1.5M", "500K", "²M", "100000000000G"])
 def test_bad_batch_bytes_is_usage_error(fixture_archive, tmp_path, value):
     r = run_cli("run", "export", fixture_archive, "--out", tmp_path / "o", "--batch-bytes", value)
     assert r.returncode == 2, r.stderr
@@ -126,3 +126,37 @@ def test_memray_capture(fixture_archive, tmp_path):
     again = run_cli("run", "export", fixture_archive, "--out", tmp_path / "o2", "--memray", capture, "-q")
     assert again.returncode == 2 and "exists" in again.stderr
     assert not (tmp_path / "o2").exists()
+    # A usage error found before the run leaves no capture behind to block the corrected command.
+    other = tmp_path / "other.bin"
+    bad = run_cli("run", "export", fixture_archive, "--out", tmp_path / "o3", "--memray", other, "--batch-bytes", "x")
+    assert bad.returncode == 2 and not other.exists()
+
+
+def test_a_bucket_of_huge_rows_close_in_time_is_split(huge_rows, tmp_path):
+    """The plan sizes buckets by the archive's average row: huge rows that are all the newest
+    would make one bucket of ~18 MB. It is spilled again into sub-buckets before it is read."""
+    from oracle import expected_posts
+
+    db = tmp_path / "clustered.db"
+    shutil.copy(huge_rows, db)
+    con = sqlite3.connect(db)
+    big = [r[0] for r in con.execute("SELECT rowid FROM posts WHERE length(embed_data) > 100000 ORDER BY rowid")]
+    for i, rowid in enumerate(big):  # all of them newer than every other post, each at its own instant
+        con.execute(
+            "UPDATE posts SET created_at = ? WHERE rowid = ?", (f"2031-01-01T00:{i // 60:02d}:{i % 60:02d}Z", rowid)
+        )
+    con.commit()
+    con.close()
+    bucket = 256 * 1024
+    with Archive(db) as archive:
+        source = RecordSource(archive, POSTS, Filters(), 1000, spill_dir=tmp_path, bucket_bytes=bucket)
+        with source.sorter() as sorter:
+            for page in source.pages():
+                sorter.add(page)
+            tables = list(sorter.sorted())
+        source.close()
+    sizes = [t.nbytes for t in tables]
+    assert max(sizes) <= 4 * bucket + 2 * max(len(r) for t in tables for r in t.column("embed_data").to_pylist() if r)
+    uris = [u for t in tables for u in t.column("uri").to_pylist()]
+    assert uris == [o["uri"] for o in expected_posts(str(db)).objects]
+    assert not [p for p in tmp_path.rglob("*.arrow")]  # every spill file is gone

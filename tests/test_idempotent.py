@@ -96,3 +96,15 @@ def test_skip_unchanged_exports_when_something_changed(archive, tmp_path, change
     text = (out / "posts.csv").read_text(encoding="utf-8-sig")
     assert ("at://did:plc:new/app.bsky.feed.post/zzz" in text) == (change == "archive")
     assert len(text) > 100
+
+
+def test_skip_unchanged_still_applies_max_rejects(archive, tmp_path):
+    out = tmp_path / "out"
+    made = pipeline.export(archive, out, formats=["csv"])
+    assert made.rejects > 0
+    before = _files(out)
+    with pytest.raises(pipeline.ExportError, match="--max-rejects 0"):
+        pipeline.export(archive, out, formats=["csv"], skip_unchanged=True, max_rejects=0)
+    assert _files(out) == before
+    again = pipeline.export(archive, out, formats=["csv"], skip_unchanged=True, max_rejects=made.rejects)
+    assert again.skipped

@@ -15,6 +15,7 @@ import pytest
 from conftest import run_cli
 from test_export import check_export
 
+import pipeline
 from pipeline import source
 
 
@@ -121,3 +122,60 @@ def test_lock_past_the_retries_fails_clearly(rollback_archive, tmp_path):
     assert "gave up after 2 retries" in last and "Traceback" not in r.stderr
     assert len([x for x in r.stderr.splitlines() if x.startswith("pipeline: warning: retry ")]) == 2
     assert not (tmp_path / "out").exists()
+
+
+def test_a_retry_wait_ends_when_the_run_is_cancelled():
+    import threading
+
+    from pipeline.errors import Cancelled
+
+    cancel = threading.Event()
+
+    def fn():
+        raise _locked()
+
+    threading.Timer(0.2, cancel.set).start()
+    started = time.monotonic()
+    with pytest.raises(Cancelled):
+        source.retrying(fn, 10, "x", cancel=cancel)  # 0.1 + 0.2 + 0.4 + ... without the cancel
+    assert time.monotonic() - started < 1.0
+
+
+def test_waits_are_capped(monkeypatch):
+    sleeps: list[float] = []
+    monkeypatch.setattr(source._time, "sleep", sleeps.append)
+
+    def fn():
+        raise _locked()
+
+    with pytest.raises(adbc.Error):
+        source.retrying(fn, 8, "x")
+    assert sleeps == [0.1, 0.2, 0.4, 0.8, 1.6, 2.0, 2.0, 2.0]
+    assert source.gave_up(8) == " (gave up after 8 retries over 9.1 s)"
+
+
+def test_only_the_first_line_of_an_error_counts():
+    sql_mentions_it = "[SQLite] no such table: x\nquery: SELECT name FROM pragma_table_info('database is locked')"
+    assert not source.transient(_locked(sql_mentions_it))
+    assert source.transient(_locked("[SQLite] Failed to step query: database table is locked\nquery: SELECT 1"))
+
+
+def test_a_failed_open_leaves_no_handle(rollback_archive):
+    import gc
+    import os
+
+    def open_files() -> int:
+        return sum(
+            1 for fd in os.listdir("/proc/self/fd") if os.path.realpath(f"/proc/self/fd/{fd}") == str(rollback_archive)
+        )
+
+    holder = _hold_lock(rollback_archive, 5.0)
+    try:
+        for _ in range(3):
+            with pytest.raises(pipeline.ExportError, match="database is locked"):
+                pipeline.Archive(rollback_archive, retries=0)
+        gc.collect()
+        assert open_files() == 0
+    finally:
+        holder.kill()
+        holder.wait()
