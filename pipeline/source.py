@@ -53,10 +53,15 @@ PLAN_SAMPLE = 16  # the key pass parses one time value in this many
 PAGE_ROWS = 16_384
 BUCKET_BYTES = 16 * 2**20
 BATCH_BYTES = 64 * 2**20  # the most a page or a batch holds, however large its rows
-# Pages hold an eighth of the batch budget: the runner keeps a few pages queued and
-# converting at once, each converted into copies of its size (2,000 rows of 1.5 MB
-# to JSON: memray peak 481 MiB with a quarter, 305 MiB with an eighth).
-PAGES_PER_BATCH = 8
+# Pages hold a quarter of the batch budget: the runner keeps a few pages queued and
+# converting at once, each converted into copies of its size. Pages with a huge row
+# (over HUGE_ROW of the budget) hold an eighth: its value is copied whole several
+# times on the way (2,000 rows of 1.5 MB to JSON: memray peak 481 MiB with a
+# quarter, 305 MiB with an eighth). Ordinary pages keep a quarter: an eighth cut
+# 1M ordinary posts into 11,000-row pages and cost 20% (Polars' cost per call).
+PAGES_PER_BATCH = 4
+HUGE_PAGES_PER_BATCH = 8
+HUGE_ROW = 1 / 64
 _ROW_OVERHEAD = 8  # bytes per cell beside its text (offsets, validity), for the page budget
 
 
@@ -432,10 +437,10 @@ class RecordSource:
         statement, cast to the fixed schema, so the driver's type inference
         never sees more than one page. Before each page a probe asks SQLite for
         the size of the next rows' cells (``octet_length`` reads only the record
-        headers) and the page ends where its bytes would pass an eighth of
-        ``batch_bytes`` (``PAGES_PER_BATCH``):
-        with huge rows the pages shrink, down to one row, and grow back after
-        them. When the pages are exhausted, ``total`` is the exact number of
+        headers; one probe sizes several pages) and the page ends where its
+        bytes would pass a quarter of ``batch_bytes`` (an eighth if it holds a
+        huge row): with huge rows the pages shrink, down to one row, and grow
+        back after them. When the pages are exhausted, ``total`` is the exact number of
         rows they held.
         """
         r, f = self.rtype, self.filters
@@ -451,6 +456,7 @@ class RecordSource:
         )
         schema = pa.schema([("_rid", pa.int64()), *self.schema])
         budget = self.batch_bytes // PAGES_PER_BATCH
+        huge_budget, huge_row = self.batch_bytes // HUGE_PAGES_PER_BATCH, self.batch_bytes * HUGE_ROW
         after, first, seen = -(2**63), True, 0  # the first page starts at the lowest rowid, -2**63 included
         while True:
             op = ">=" if first else ">"
@@ -462,11 +468,14 @@ class RecordSource:
                 break
             # One probe sizes several pages: it is read again only once its rows are used up.
             rids = sizes.column("_rid").to_pylist()
-            ends = pl.from_arrow(sizes.column("_bytes")).cast(pl.Int64).cum_sum()  # type: ignore[union-attr]
+            row_bytes = pl.from_arrow(sizes.column("_bytes")).cast(pl.Int64)  # type: ignore[union-attr]
+            ends = row_bytes.cum_sum()
             start = 0
             while start < len(rids):
                 base = int(ends[start - 1]) if start else 0
                 fit = int(ends.search_sorted(base + budget, side="right")) - start
+                if (row_bytes.slice(start, max(1, fit)).max() or 0) > huge_row:  # type: ignore[operator]
+                    fit = int(ends.search_sorted(base + huge_budget, side="right")) - start
                 last = rids[start + max(1, fit) - 1]
                 params = [pa.array([after], pa.int64()), pa.array([last], pa.int64())]
                 if f.did is not None:

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from test_export import check_export
 
 from pipeline import POSTS, Archive, Filters
-from pipeline.source import PAGES_PER_BATCH, RecordSource, rebatch
+from pipeline.source import HUGE_PAGES_PER_BATCH, HUGE_ROW, PAGES_PER_BATCH, RecordSource, rebatch
 
 MIB = 2**20
 CELL = 8  # bytes a cell counts beside its text (the source's _ROW_OVERHEAD)
@@ -85,6 +85,8 @@ def test_pages_and_batches_stay_within_budget(huge_rows):
     page_sizes = [[_bytes(r, len(names) + 1) for r in p.select(names).to_pylist()] for p in pages]
     assert max(len(p) for p in page_sizes) > 100 and min(len(p) for p in page_sizes) < 10  # shrinks and grows back
     assert all(sum(p) <= budget // PAGES_PER_BATCH or len(p) == 1 for p in page_sizes)
+    huge = [p for p in page_sizes if max(p) > budget * HUGE_ROW]
+    assert huge and all(sum(p) <= budget // HUGE_PAGES_PER_BATCH or len(p) == 1 for p in huge)
     batch_sizes = [[_bytes(r, len(names) + 1) for r in b.to_pylist()] for b in batches]
     assert all(sum(b) <= budget or len(b) == 1 for b in batch_sizes)
     assert any(len(b) < 1000 for b in batch_sizes[:-1])  # the budget, not the row count, cut some
