@@ -25,7 +25,7 @@ import pyarrow as pa
 from .errors import ExportError
 from .progress import Progress
 from .sinks import FileResult, _HashingFile
-from .source import Archive, Filters, _adbc_message, gave_up, retrying, transient
+from .source import Archive, Filters, read_failed, retrying
 from .timestamps import parse_instants
 
 MEDIA_DIR = "media"
@@ -82,8 +82,7 @@ def media_rows(archive: Archive, filters: Filters) -> pl.DataFrame:
     try:  # in the archive's read transaction: the same snapshot as the posts
         table = retrying(lambda: archive.read_table(sql, params), archive.retries, "media", cancel=archive.cancel)
     except adbc.Error as e:
-        message = f"reading the archive failed: {_adbc_message(e)}{gave_up(archive.retries) if transient(e) else ''}"
-        raise ExportError(message, record_type="media") from None
+        raise ExportError(read_failed(e, archive.retries), record_type="media") from None
     schema = pa.schema([*((n, pa.binary()) for n in ("hash", "mime_type", "file_path")), ("created_at", pa.string())])
     df = pl.from_arrow(table.cast(schema))
     assert isinstance(df, pl.DataFrame)

@@ -57,72 +57,15 @@ class JsonLog:
             self.stream.flush()
 
 
-class JsonProgress(Progress):
-    """Progress as ``progress`` events at least every ``interval`` seconds (a timer thread, so a
-    slow batch still reports), and ``stream_phase`` events as streams start, change phase and end."""
+class _TimedProgress(Progress):
+    """Counts, and a timer thread calling ``_tick`` at least every ``interval`` seconds, so a
+    slow batch still reports; ``start`` begins a phase (its count and clock from zero)."""
 
-    def __init__(self, log: JsonLog, interval: float = PLAIN_INTERVAL):
-        self._log = log
+    def __init__(self, interval: float = PLAIN_INTERVAL):
         self._interval = interval
         self._done = self._total = 0
         self._label = ""
         self._t0 = time.monotonic()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def start(self, label: str, total: int) -> None:
-        self._label, self._total, self._done = label, total, 0
-        if self._thread is None:
-            self._t0 = time.monotonic()
-            self._stop.clear()
-            self._thread = threading.Thread(target=self._run, name="progress", daemon=True)
-            self._thread.start()
-
-    def advance(self, n: int) -> None:
-        self._done += n
-
-    def set_total(self, total: int) -> None:
-        self._total = total
-
-    def set_label(self, label: str) -> None:
-        self._label = label
-
-    def stream_phase(self, stream: str, phase: str, total: int) -> None:
-        self._log.emit("stream_phase", stream=stream, phase=phase, total=total)
-
-    def _run(self) -> None:
-        while not self._stop.wait(self._interval):
-            self._tick()
-
-    def _tick(self) -> None:
-        elapsed = max(time.monotonic() - self._t0, 1e-9)
-        self._log.emit(
-            "progress",
-            label=self._label,
-            records=self._done,
-            total=self._total,
-            records_per_s=round(self._done / elapsed, 1),
-            elapsed_s=round(elapsed, 3),
-        )
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
-            self._thread = None
-            self._tick()  # the last count
-
-
-class PlainProgress(Progress):
-    """One line at least every ``interval`` seconds, from a timer thread so a slow batch still reports."""
-
-    def __init__(self, stream: TextIO | None = None, interval: float = PLAIN_INTERVAL):
-        self._stream = stream or sys.stderr
-        self._interval = interval
-        self._done = 0
-        self._total = 0
-        self._label = ""
-        self._t0 = 0.0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -144,7 +87,57 @@ class PlainProgress(Progress):
 
     def _run(self) -> None:
         while not self._stop.wait(self._interval):
-            self._line()
+            self._tick()
+
+    def _tick(self) -> None:
+        raise NotImplementedError
+
+    def _stopped(self) -> None:
+        """After the timer thread has ended."""
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+            self._stopped()
+
+
+class JsonProgress(_TimedProgress):
+    """Progress as ``progress`` events at least every ``interval`` seconds, and
+    ``stream_phase`` events as streams start, change phase and end."""
+
+    def __init__(self, log: JsonLog, interval: float = PLAIN_INTERVAL):
+        super().__init__(interval)
+        self._log = log
+
+    def stream_phase(self, stream: str, phase: str, total: int) -> None:
+        self._log.emit("stream_phase", stream=stream, phase=phase, total=total)
+
+    def _tick(self) -> None:
+        elapsed = max(time.monotonic() - self._t0, 1e-9)
+        self._log.emit(
+            "progress",
+            label=self._label,
+            records=self._done,
+            total=self._total,
+            records_per_s=round(self._done / elapsed, 1),
+            elapsed_s=round(elapsed, 3),
+        )
+
+    def _stopped(self) -> None:
+        self._tick()  # the last count
+
+
+class PlainProgress(_TimedProgress):
+    """One line at least every ``interval`` seconds, from a timer thread so a slow batch still reports."""
+
+    def __init__(self, stream: TextIO | None = None, interval: float = PLAIN_INTERVAL):
+        super().__init__(interval)
+        self._stream = stream or sys.stderr
+
+    def _tick(self) -> None:
+        self._line()
 
     def _line(self) -> None:
         elapsed = max(time.monotonic() - self._t0, 1e-9)
@@ -157,12 +150,6 @@ class PlainProgress(Progress):
             file=self._stream,
             flush=True,
         )
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
-            self._thread = None
 
 
 class RichProgress(Progress):

@@ -331,7 +331,7 @@ class RecordSource:
             )
         except adbc.Error as e:
             self.close()
-            message = f"reading the archive failed: {_adbc_message(e)}{gave_up(self.retries) if transient(e) else ''}"
+            message = read_failed(e, self.retries)
             raise ExportError(message, record_type=rtype.name, key_range="planning") from None
         except BaseException:  # the plan's own errors: the connection must not outlive the source
             self.close()
@@ -357,7 +357,7 @@ class RecordSource:
                 self._archive.cancel,
             )
         except adbc.Error as e:
-            message = f"reading the archive failed: {_adbc_message(e)}{gave_up(self.retries) if transient(e) else ''}"
+            message = read_failed(e, self.retries)
             raise ExportError(message, record_type=self.rtype.name, key_range=where) from None
 
     def _plan(self, bucket_bytes: int) -> tuple[int, Plan]:
@@ -640,6 +640,11 @@ def retrying(
                 _time.sleep(delay)
             elif cancel.wait(delay):
                 raise Cancelled from None
+
+
+def read_failed(e: adbc.Error, retries: int) -> str:
+    """The message of a failed read; for a lock, how long it was retried."""
+    return f"reading the archive failed: {_adbc_message(e)}{gave_up(retries) if transient(e) else ''}"
 
 
 def gave_up(retries: int) -> str:
