@@ -128,6 +128,14 @@ def export_command(
             help="Do nothing if OUT already holds this export: same archive (path, size, time) and options.",
         ),
     ] = False,
+    resume: Annotated[
+        bool,
+        typer.Option(
+            "--resume",
+            help="Continue the export into OUT that a killed run left (its staging folder and checkpoints), "
+            "with the same options; the files come out as an uninterrupted run's. Without one, export anew.",
+        ),
+    ] = False,
     max_rejects: Annotated[
         int | None,
         typer.Option(
@@ -213,6 +221,7 @@ def export_command(
                 max_rejects=max_rejects,
                 retries=retries,
                 skip_unchanged=skip_unchanged,
+                resume=resume,
                 progress=progress,
             )
     except KeyboardInterrupt:
@@ -234,6 +243,33 @@ def export_command(
         say.failed(message, 1, f"pipeline: {message} (run with --debug for details)")
         raise typer.Exit(1) from None
     say.done(result, time.monotonic() - started, include_media)
+
+
+@app.command("clean")
+def clean_command(
+    out: Annotated[Path, typer.Argument(help="The output folder whose killed runs' leftovers to remove.")],
+    debug: Annotated[bool, typer.Option("--debug", help="Show the traceback of an error.")] = False,
+) -> None:
+    """Remove what killed exports into OUT left beside it.
+
+    That is staging folders (.OUT.staging-<pid>) and earlier exports set aside
+    while publishing (put back as OUT if OUT is missing). Folders of runs still
+    running are left alone. One line per folder; exit 0, or 4 if one cannot be
+    removed.
+    """
+    from pipeline.publish import clean
+
+    try:
+        messages = clean(out)
+    except OSError as e:
+        if debug:
+            raise
+        typer.echo(f"pipeline: error: cannot clean beside {out}: {e.strerror or e}", err=True)
+        raise typer.Exit(4) from None
+    for message in messages:
+        typer.echo(message, err=True)
+    if not messages:
+        typer.echo(f"nothing to clean beside {out}", err=True)
 
 
 class _Reporter:
@@ -292,6 +328,8 @@ class _Reporter:
             )
             return
         if result.skipped:
+            for warning in result.warnings:
+                typer.echo(f"pipeline: warning: {warning}", err=True)
             fp = str(result.manifest.get("fingerprint", {}).get("sha256", ""))[:12]
             typer.echo(
                 f"Unchanged: {result.out} already holds this export (archive and options as before, fingerprint {fp});"

@@ -13,6 +13,7 @@ import ctypes
 import ctypes.util
 import errno
 import json
+import logging
 import os
 import shutil
 import signal
@@ -20,7 +21,10 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-from .errors import OutputError
+from .checkpoint import CHECKPOINTS, Checkpoints, killpoint, read_json
+from .errors import OutputError, UsageError
+
+log = logging.getLogger("pipeline")
 
 MANIFEST = "manifest.json"
 TOOL = "pipeline"
@@ -33,22 +37,42 @@ class Staging:
 
     ``out`` is taken with symbolic links resolved: a link to an earlier export
     keeps pointing at the folder, which gets the new export.
+
+    Staging folders of killed runs of the same ``out`` are removed, each with a
+    warning on the ``pipeline`` logger; with ``resume``, the newest one that has
+    checkpoints (or a manifest) is taken over instead (``resumed``), if it was made
+    with this ``fingerprint``: otherwise UsageError, and nothing is removed.
     """
 
-    def __init__(self, out: Path):
+    def __init__(self, out: Path, fingerprint: dict[str, object] | None = None, resume: bool = False):
         self.out = Path(os.path.realpath(out))
         self.published = False
+        self.resumed: Path | None = None  # the killed run's staging folder this one continues
         _check_replaceable(self.out)
         parent = self.out.parent
         try:
             parent.mkdir(parents=True, exist_ok=True)
-            _remove_stale(parent, self.out.name)
             self.path = parent / f".{self.out.name}.staging-{os.getpid()}"
-            if self.path.exists():
-                shutil.rmtree(self.path)
-            self.path.mkdir()
+            stale = stale_folders(self.out)
+            if resume:
+                self.resumed = _take_over(self.out, stale, fingerprint or {}, self.path)
+                if self.resumed is None:
+                    log.warning("nothing to resume for %s (no staging folder of a killed run); exporting anew", out)
+            for message in _remove(self.out, [p for p in stale if p != self.resumed]):
+                log.warning("%s", message)
+            if self.resumed is None:
+                if self.path.exists():
+                    shutil.rmtree(self.path)
+                self.path.mkdir()
         except OSError as e:
             raise OutputError(f"cannot write to {parent}: {e.strerror}") from None
+        self.checkpoints = Checkpoints(self.path)
+        if self.resumed is None:
+            try:
+                self.checkpoints.begin(fingerprint or {})
+            except OSError as e:
+                self.discard()
+                raise OutputError(f"cannot write to {self.path}: {e.strerror}") from None
 
     def write_manifest(self, manifest: dict[str, object]) -> None:
         path = self.path / MANIFEST
@@ -85,6 +109,7 @@ class Staging:
             else:
                 os.rename(self.path, self.out)
             self.published = True
+            killpoint("published")
         warnings = []
         try:
             _fsync_dir(self.out.parent)
@@ -138,20 +163,100 @@ def _check_replaceable(out: Path) -> None:
         raise OutputError(f"output folder {out} is not empty and holds no earlier export; choose another --out")
 
 
-def _remove_stale(parent: Path, name: str) -> None:
-    """Clean up after killed runs (their process is gone): remove staging folders;
-    put back an earlier export a run had moved aside, if ``name`` is missing."""
+def stale_folders(out: Path) -> list[Path]:
+    """What killed runs into ``out`` left beside it (their process is gone): staging folders
+    (``.OUT.staging-<pid>``) and earlier exports moved aside while publishing (``.OUT.old-<pid>``)."""
+    parent, name = out.parent, out.name
+    found = []
     for p in [*parent.glob(f".{name}.staging-*"), *parent.glob(f".{name}.old-*")]:
         try:
             pid = int(p.name.rsplit("-", 1)[1])
         except ValueError:
             continue
-        if pid == os.getpid() or _alive(pid):
+        if pid != os.getpid() and not _alive(pid):
+            found.append(p)
+    return sorted(found)
+
+
+def restore_aside(out: Path) -> list[str]:
+    """If ``out`` is missing but a killed run had moved the earlier export aside, put it back."""
+    out = Path(os.path.realpath(out))
+    messages = []
+    for p in stale_folders(out):
+        if ".old-" in p.name and not out.exists():
+            os.rename(p, out)
+            messages.append(f"put back the earlier export {out}, which a killed run had moved to {p.name}")
+            log.warning("%s", messages[-1])
+    return messages
+
+
+def clean(out: Path) -> list[str]:
+    """Remove what killed runs into ``out`` left (putting back an earlier export they had
+    moved aside, if ``out`` is missing); one message per folder. ``pipeline clean``."""
+    out = Path(os.path.realpath(out))
+    return _remove(out, stale_folders(out))
+
+
+def _remove(out: Path, folders: list[Path]) -> list[str]:
+    messages = []
+    for p in folders:
+        if not p.exists():
             continue
-        if ".old-" in p.name and not (parent / name).exists():
-            os.rename(p, parent / name)
-        else:
-            shutil.rmtree(p, ignore_errors=True)
+        if ".old-" in p.name and not out.exists():
+            os.rename(p, out)
+            messages.append(f"put back the earlier export {out}, which a killed run had moved to {p.name}")
+            continue
+        resumable = (p / CHECKPOINTS).is_dir() or (p / MANIFEST).is_file()
+        shutil.rmtree(p, ignore_errors=True)
+        what = "staging folder" if ".staging-" in p.name else "earlier export set aside"
+        hint = " (--resume would have continued it)" if ".staging-" in p.name and resumable else ""
+        messages.append(f"removed the {what} of a killed run: {p}{hint}")
+    return messages
+
+
+def _take_over(out: Path, stale: list[Path], fingerprint: dict[str, object], path: Path) -> Path | None:
+    """The killed run's staging folder to resume, renamed to ``path`` (this process's): the
+    newest with checkpoints or a manifest. UsageError if its fingerprint is not ours."""
+    candidates = []
+    for p in stale:
+        if ".staging-" not in p.name:
+            continue
+        theirs = Checkpoints(p).fingerprint()
+        if theirs is None:
+            manifest = read_json(p / MANIFEST)
+            theirs = manifest.get("fingerprint") if manifest else None  # type: ignore[assignment]
+        if isinstance(theirs, dict):
+            candidates.append((p.stat().st_mtime, p, theirs))
+    if not candidates:
+        return None
+    _, found, theirs = max(candidates, key=lambda c: c[0])
+    if theirs.get("sha256") != fingerprint.get("sha256"):
+        changed = differences(theirs, fingerprint)
+        raise UsageError(
+            f"cannot resume the export in {found}: {changed} since it was started; run without --resume to"
+            " start over (that removes it)"
+        )
+    os.rename(found, path)
+    return found
+
+
+def differences(theirs: dict[str, object], ours: dict[str, object]) -> str:
+    """What differs between two fingerprints, in words: ``--formats was csv, json, is csv``..."""
+    words = []
+    for key in ("formats", "types", "ops", "include_media", "filters", "tool_version"):
+        if theirs.get(key) != ours.get(key):
+            words.append(f"{key.replace('_', '-')} was {_show(theirs.get(key))}, is {_show(ours.get(key))}")
+    if theirs.get("archive") != ours.get("archive") or theirs.get("wal") != ours.get("wal"):
+        words.append("the archive has changed (its path, size or modification time)")
+    return "; ".join(words) or "its options differ"
+
+
+def _show(value: object) -> str:
+    if isinstance(value, list):
+        return ", ".join(map(str, value)) or "none"
+    if isinstance(value, dict):
+        return ", ".join(f"{k} {v}" for k, v in value.items() if v is not None) or "none"
+    return str(value)
 
 
 def _alive(pid: int) -> bool:

@@ -12,8 +12,10 @@ import contextlib
 import functools
 import hashlib
 import json
+import logging
 import os
 import queue
+import shutil
 import threading
 import time
 from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
@@ -28,15 +30,17 @@ import pyarrow as pa
 
 from . import __version__, transforms
 from . import source as source_module
+from .checkpoint import Checkpoints, Clock, killpoint
 from .errors import ArchiveError, Cancelled, ExportError, PipelineError, UsageError
-from .media import MediaResult, copy_media
+from .media import MEDIA_DIR, MediaResult, copy_media
 from .progress import Progress, Streams
-from .publish import MANIFEST, TOOL, Staging
+from .publish import MANIFEST, TOOL, Staging, clean, restore_aside
 from .records import COLLECTION_TYPES, OP_ACTIONS, OPS, RECORD_TYPES, RecordType
 from .sinks import SINKS, FileResult, NdjsonSink, Sink, concat_files
 from .sort import NINST
-from .source import Archive, Filters, Reads, RecordSource, key_range, range_metadata
+from .source import Archive, Filters, Position, Reads, RecordSource, key_range, range_metadata
 
+log = logging.getLogger("pipeline")
 FORMATS = tuple(SINKS)
 DEFAULT_FORMATS = ("csv", "json")
 _PREFETCH = 2
@@ -93,6 +97,7 @@ def export(
     max_rejects: int | None = None,
     retries: int = source_module.RETRIES,
     skip_unchanged: bool = False,
+    resume: bool = False,
     progress: Progress | None = None,
 ) -> ExportResult:
     """Export an archive's records to ``out`` in each of ``formats``; publish all or nothing.
@@ -144,7 +149,9 @@ def export(
         if include_media and not db.has_table_named("media"):
             raise ArchiveError(f"archive {archive_path} has no 'media' table (asked for by --include-media)")
         print_ = fingerprint(archive_path, formats, [r.name for r in rtypes], ops, include_media, filters)
-        if skip_unchanged:
+        if resume:
+            restore_aside(out_path)  # a run killed while publishing moved the earlier export aside
+        if skip_unchanged or resume:
             earlier = _unchanged(out_path, print_)
             if earlier is not None:
                 if max_rejects is not None and earlier.rejects > max_rejects:  # as a new run would fail
@@ -152,24 +159,39 @@ def export(
                         f"more than --max-rejects {max_rejects} value(s) rejected ({earlier.rejects} in the unchanged"
                         f" export in {earlier.out}); nothing was published"
                     )
+                if not skip_unchanged:  # --resume: the killed run had published it (or a run before it)
+                    warnings = clean(out_path)
+                    return replace(earlier, notices=[f"{earlier.out} already holds this export; nothing to resume"],
+                                   warnings=warnings)  # fmt: skip
                 return earlier
-        staging = Staging(out_path)
+        staging = Staging(out_path, print_, resume)
         try:
+            if staging.resumed is not None:
+                complete = _unchanged(staging.path, print_)  # killed while publishing: only that is left
+                if complete is not None:
+                    log.info("the interrupted export was complete; publishing it")
+                    staging.checkpoints.drop()
+                    warnings = staging.publish()
+                    return replace(complete, out=staging.out, skipped=False, warnings=warnings, notices=notices)
+                for leftover in (MANIFEST, METRICS, REJECTS):  # written again at the end
+                    (staging.path / leftover).unlink(missing_ok=True)
+                staging.checkpoints.folder.mkdir(exist_ok=True)
+            checkpoints = staging.checkpoints
             streams: list[tuple[str, Callable[[Progress, _Budget], object]]] = []
             for rtype in rtypes:
-                streams.append(
-                    (
-                        rtype.name,
-                        functools.partial(
-                            _write_all, db, staging.path, rtype, formats, filters, batch_size, batch_bytes
-                        ),
-                    )
-                )
+                fn = functools.partial(
+                    _write_all, db, staging.path, rtype, formats, filters, batch_size, batch_bytes,
+                    checkpoints=checkpoints,
+                )  # fmt: skip
+                streams.append((rtype.name, _checkpointed(checkpoints, staging.path, rtype.name, fn)))
             if ops:
-                ops_stream = functools.partial(_write_ops, db, staging.path, formats, filters, batch_size, batch_bytes)
-                streams.append((OPS.name, ops_stream))
+                ops_stream = functools.partial(
+                    _write_ops, db, staging.path, formats, filters, batch_size, batch_bytes, checkpoints=checkpoints
+                )
+                streams.append((OPS.name, _checkpointed(checkpoints, staging.path, OPS.name, ops_stream)))
             if include_media and any(r.name == "posts" for r in rtypes):
-                streams.append(("media", functools.partial(copy_media, db, staging.path, filters)))
+                media_stream = functools.partial(copy_media, db, staging.path, filters)
+                streams.append(("media", _checkpointed(checkpoints, staging.path, "media", media_stream, MEDIA_DIR)))
             elif include_media:
                 notices.append("--include-media copies the media of exported posts; no posts were exported")
             started, seconds = time.monotonic(), {}
@@ -219,7 +241,6 @@ def export(
                 "reject_count": rejects,
                 "fingerprint": print_,
             }
-            staging.write_manifest(manifest)
             metrics = {
                 "run_seconds": round(time.monotonic() - started, 3),
                 "peak_rss_bytes": _peak_rss(),
@@ -227,6 +248,9 @@ def export(
                 "streams": per_stream,
             }
             _write_json(staging.path / METRICS, metrics)
+            staging.write_manifest(manifest)  # last: a staging folder with a manifest is complete
+            killpoint("publish")
+            staging.checkpoints.drop()
             warnings = staging.publish()
         except BaseException as e:
             staging.discard()
@@ -243,6 +267,74 @@ def export(
 
 REJECTS = "rejects.ndjson"
 METRICS = "metrics.json"  # beside manifest.json; not listed in it: it differs on every run
+
+
+def _checkpointed(
+    checkpoints: Checkpoints, folder: Path, name: str, fn: Callable[[Progress, _Budget], object], *own: str
+) -> Callable[[Progress, _Budget], object]:
+    """Stream ``fn`` with a checkpoint when it is done: a resumed run takes its files as they
+    are (if they still have their sizes) instead of writing them again. A stream that was
+    not done is started over, its leftovers (``own``: its files and folders) removed first,
+    unless it continues from checkpoints of its own (the record types)."""
+
+    def run(progress: Progress, budget: _Budget) -> object:
+        state = checkpoints.load(name)
+        result = _finished(folder, state) if state is not None and state.get("phase") == "done" else None
+        if result is not None:
+            log.info("%s: done before the interruption; its files are kept", name)
+            progress.start(f"{name}: done before", 1)
+            progress.advance(1)
+            progress.stop()
+            if isinstance(result, _Stream) and result.rejects:
+                budget.rejected(result.rejects[1], name)
+            return result
+        if own:
+            _remove_leftovers(folder, name)
+            for path in own:
+                if (folder / path).exists():
+                    shutil.rmtree(folder / path)
+        result = fn(progress, budget)
+        done: dict[str, object] = {"phase": "done"}
+        if isinstance(result, MediaResult):
+            done.update(kind="media", files=[asdict(f) for f in result.files], missing=result.missing,
+                        refused=result.refused)  # fmt: skip
+        else:
+            assert isinstance(result, _Stream)
+            rejects = None
+            if result.rejects is not None:
+                path, count = result.rejects
+                rejects = [path.name, count, path.stat().st_size]
+            done.update(kind="records", files=[asdict(f) for f in result.files], records=result.records,
+                        rejects=rejects, batches=result.batches, retries=result.retries)  # fmt: skip
+        folders = {folder, *((folder / f.path).parent for f in _files(result))}
+        checkpoints.save(name, done, sorted(folders))
+        killpoint(f"{name}.done")
+        return result
+
+    return run
+
+
+def _files(result: object) -> list[FileResult]:
+    return result.files if isinstance(result, (MediaResult, _Stream)) else []
+
+
+def _finished(folder: Path, state: dict[str, object]) -> _Stream | MediaResult | None:
+    """A done stream's result from its checkpoint, if its files are all there with their sizes."""
+    try:
+        files = [FileResult(**f) for f in state["files"]]  # type: ignore[attr-defined]
+        if any((folder / f.path).stat().st_size != f.size_bytes for f in files):
+            return None
+        if state["kind"] == "media":
+            return MediaResult(files, list(state["missing"]), list(state["refused"]))  # type: ignore[call-overload]
+        rejects = None
+        if state["rejects"] is not None:
+            name, count, size = state["rejects"]  # type: ignore[misc]
+            if (folder / name).stat().st_size != size:
+                return None
+            rejects = (folder / name, int(count))
+        return _Stream(files, int(state["records"]), rejects, int(state["batches"]), int(state["retries"]))  # type: ignore[call-overload]
+    except (OSError, KeyError, TypeError, ValueError):
+        return None
 
 
 def _stream_metrics(
@@ -398,6 +490,7 @@ def _write_all(
     batch_bytes: int,
     progress: Progress,
     budget: _Budget,
+    checkpoints: Checkpoints | None = None,
 ) -> _Stream:
     """Convert while reading, sort what was converted, then write it in export order.
 
@@ -405,78 +498,200 @@ def _write_all(
     converts each page (the conversion is row by row, so its place in the
     order does not matter); the converted rows go to an external sort by
     (instant, key) and come back bucket by bucket for the sinks.
+
+    With ``checkpoints``, the stream records where it stands at most every
+    ``checkpoints.interval`` seconds: while converting, the last page of a
+    prefix of pages all of whose rows are in the sort's files (and those files'
+    sizes); while writing, the next bucket and the output files' sizes. A
+    checkpoint left by a killed run is continued from; see pipeline.checkpoint.
     """
+    args = (db, folder, rtype, formats, filters, batch_size, batch_bytes, progress, budget, checkpoints)
+    try:
+        return _write_records(*args, resume=True)
+    except _StartOver:  # a checkpoint whose files are not as it says
+        return _write_records(*args, resume=False)
+
+
+def _write_records(
+    db: Archive,
+    folder: Path,
+    rtype: RecordType,
+    formats: Sequence[str],
+    filters: Filters,
+    batch_size: int,
+    batch_bytes: int,
+    progress: Progress,
+    budget: _Budget,
+    checkpoints: Checkpoints | None,
+    resume: bool,
+) -> _Stream:
     wanted = frozenset(formats)
+    name = rtype.name
+    spill = folder / f".spill-{name}"  # this stream's sort files
+    state = checkpoints.load(name) if checkpoints is not None and resume else None
+    if state is not None and state.get("phase") not in ("converting", "writing"):
+        state = None
+    if state is None:
+        _remove_leftovers(folder, name, spill)
+    else:  # what the killed run wrote after the checkpoint: written again from it
+        (folder / f".{name}.{REJECTS}").unlink(missing_ok=True)
+        if state["phase"] == "converting":
+            _remove_leftovers(folder, name)
+    spill.mkdir(exist_ok=True)
     source = db.read(
         rtype,
         filters,
         batch_size,
-        folder,
+        spill,
         Reads(*transforms.reads(rtype, wanted)),
         bucket_bytes=budget.bucket_bytes,
         batch_bytes=batch_bytes,
     )
+    if state is not None and state.get("plan") != list(source.plan.bounds):
+        source.close()
+        raise _StartOver  # not the plan the files were sorted by
     sinks: dict[str, Sink] = {}
     rejects = _RejectLog(folder, rtype)
-    progress.start(f"{rtype.name}: converting", source.total)
-    pages = prefetch(source.pages(), budget.prefetch)
-    pages_read = 0
+    pages: Generator[pa.Table, None, None] | None = None
+    clock = Clock(checkpoints.interval) if checkpoints is not None else None
+    pages_read, rejected = (int(state["pages"]), int(state["rejected"])) if state else (0, 0)
     try:
         key = _sort_key(rtype, wanted)
         with source.sorter([NINST, key]) as rows, source.sorter([NINST, KEY, "_col"]) as bad:
-            for n, (rows_out, bad_out) in _convert_all(rtype, pages, wanted, budget.converters):
-                pages_read += 1
-                budget.check()
-                budget.rejected(bad_out.num_rows, rtype.name)
+            if state is not None:
                 try:
-                    rows.add(rows_out)
-                    bad.add(bad_out)
-                except OSError as e:
-                    raise ExportError(
-                        f"writing sort spill files failed: {e.strerror or e}",
-                        record_type=rtype.name,
-                        key_range=_page_range(rows_out, key),
-                    ) from None
-                progress.advance(n)
-            pages.close()
+                    rows.restore(state["rows"])
+                    bad.restore(state["bad"])
+                except (OSError, ValueError, KeyError, TypeError):  # files gone or cut short: start over
+                    raise _StartOver from None
+                position = Position(*state["position"])
+                source.resume(position, list(state["unplaced_keys"]), list(state["unplaced_values"]))
+                budget.rejected(rejected, name)
+                if state["phase"] == "converting":
+                    log.info("%s: resuming after %s records read and sorted", name, f"{position.seen:,}")
+                else:
+                    written = int(next(iter(dict(state["sinks"]).values()))[1])  # type: ignore[call-overload]
+                    log.info("%s: resuming after %s of %s records written", name, f"{written:,}", f"{position.seen:,}")
+
+            def checkpoint(phase: str, position: Position, next_bucket: int = 0, **more: object) -> None:
+                assert checkpoints is not None and clock is not None
+                rows_state, bad_state = rows.snapshot(next_bucket), bad.snapshot()
+                if rows_state is None or bad_state is None:
+                    return  # rows held in memory: nothing on disk to resume from
+                n = position.unplaced
+                checkpoints.save(
+                    name,
+                    {
+                        "phase": phase,
+                        "plan": list(source.plan.bounds),
+                        "position": [position.after, position.seen, n],
+                        "unplaced_keys": source.unplaced.keys[:n],
+                        "unplaced_values": source.unplaced.values[:n],
+                        "pages": pages_read,
+                        "rejected": rejected,
+                        "rows": rows_state,
+                        "bad": bad_state,
+                        "next_bucket": next_bucket,
+                        **more,
+                    },
+                    [*rows.files(next_bucket), *bad.files(), *(s.path for s in sinks.values())],
+                )
+                clock.reset()
+
+            if state is None or state["phase"] == "converting":
+                progress.start(f"{name}: converting", source.total)
+                if state is not None:
+                    progress.advance(source.start.seen if source.start else 0)
+                pages = prefetch(source.pages(), budget.prefetch)
+                for _page, n, settled, (rows_out, bad_out) in _convert_all(rtype, pages, wanted, budget.converters):
+                    pages_read += 1
+                    budget.check()
+                    budget.rejected(bad_out.num_rows, name)
+                    rejected += bad_out.num_rows
+                    try:
+                        rows.add(rows_out)
+                        bad.add(bad_out)
+                    except OSError as e:
+                        raise ExportError(
+                            f"writing sort spill files failed: {e.strerror or e}",
+                            record_type=name,
+                            key_range=_page_range(rows_out, key),
+                        ) from None
+                    progress.advance(n)
+                    killpoint(f"{name}.page")
+                    if settled is not None and clock is not None and clock.due():
+                        checkpoint("converting", settled)
+                pages.close()
+                position = Position(0, source.total, len(source.unplaced.keys))
+                first_bucket = 0
+            else:
+                source.total = position.seen
+                first_bucket = int(state["next_bucket"])
             progress.set_total(source.total)
-            progress.start(f"{rtype.name}: writing", source.total)
+            progress.start(f"{name}: writing", source.total)
+            resume = state["sinks"] if state is not None and state["phase"] == "writing" else {}
             for fmt in formats:
-                sinks[fmt] = _open_sink(folder, rtype, fmt)
-            ordered = prefetch(rows.sorted(), 1)  # the next bucket is read and sorted while one is written
+                sinks[fmt] = _open_sink(folder, rtype, fmt, resume=tuple(resume[fmt]) if fmt in resume else None)
+            progress.advance(sinks[formats[0]].records)
+            keep = clock is not None and rows.snapshot() is not None
+            ordered = prefetch(rows.buckets(first_bucket, keep), 1)  # the next bucket is read while one is written
             try:
-                for table in ordered:
+                current = None
+                for bucket, table in ordered:
+                    if bucket != current and current is not None and keep and clock is not None and clock.due():
+                        # every bucket before this one is in the files: continue from here
+                        checkpoint("writing", position, bucket, sinks={f: sinks[f].position() for f in formats})
+                        rows.release(bucket)
+                    current = bucket
                     for chunk in table.to_batches(max_chunksize=WRITE_ROWS):
                         budget.check()
                         _write(sinks, formats, chunk, rtype, key)
                         progress.advance(chunk.num_rows)
+                    killpoint(f"{name}.bucket")
             except OSError as e:  # reading a bucket back (the sinks' errors are ExportErrors)
                 raise ExportError(
                     f"reading sort spill files failed: {e.strerror or e}",
-                    record_type=rtype.name,
+                    record_type=name,
                     key_range=rows.span(rows.reading),
                 ) from None
             finally:
                 ordered.close()
             try:
-                for table in bad.sorted():
+                for _, table in bad.buckets(keep=keep):
                     rejects.write(table)
             except OSError as e:
                 message = f"writing rejects failed: {e.strerror or e}"
-                raise ExportError(message, record_type=rtype.name, key_range=bad.span(bad.reading)) from None
-        budget.rejected(len(source.unplaced.keys), rtype.name)
+                raise ExportError(message, record_type=name, key_range=bad.span(bad.reading)) from None
+        budget.rejected(len(source.unplaced.keys), name)
         rejects.unplaced(source)
         results = [sinks[fmt].close() for fmt in formats]
-        return _Stream(results, source.total, rejects.close(), pages_read, source.retried)
+        stream = _Stream(results, source.total, rejects.close(), pages_read, source.retried)
+        spill.rmdir()
+        return stream
     except BaseException:
         for s in sinks.values():
             s.abort()
         rejects.abort()
         raise
     finally:
-        pages.close()  # stops the reader thread before its connection closes
+        if pages is not None:
+            pages.close()  # stops the reader thread before its connection closes
         progress.stop()
         source.close()
+
+
+class _StartOver(Exception):  # noqa: N818 - control flow
+    """A checkpoint's files are not as it says: the stream starts over."""
+
+
+def _remove_leftovers(folder: Path, name: str, spill: Path | None = None) -> None:
+    """What a killed run of stream ``name`` left in the staging folder: its files, its
+    rejects' part file, its sort files."""
+    for fmt in SINKS:
+        (folder / f"{name}.{fmt}").unlink(missing_ok=True)
+    (folder / f".{name}.{REJECTS}").unlink(missing_ok=True)
+    if spill is not None and spill.exists():
+        shutil.rmtree(spill)
 
 
 def _write_ops(
@@ -488,25 +703,59 @@ def _write_ops(
     batch_bytes: int,
     progress: Progress,
     budget: _Budget,
+    checkpoints: Checkpoints | None = None,
+    resume: bool = True,
 ) -> _Stream:
     """The ``ops`` table in ``seq`` order, split into ``ops/<type>.<action>.<ext>``.
 
     ``seq`` is the table's rowid, so the keyset pages already come in export
     order: pages are converted on the converter threads but written in order,
     nothing is sorted or spilled. Each page's rows go to the files of their
-    (type, action); a file is opened when its first row comes.
+    (type, action); a file is opened when its first row comes. With
+    ``checkpoints``, the last page written and the files' sizes then are recorded
+    (at most every ``checkpoints.interval`` seconds), and a killed run's continued.
     """
     rtype = OPS
+    name = rtype.name
     wanted = frozenset(formats)
     reads = Reads(*transforms.reads(rtype, wanted))
+    state = checkpoints.load(name) if checkpoints is not None and resume else None
+    if state is not None and state.get("phase") != "writing":
+        state = None
+    ops_dir = folder / "ops"
+    if state is None:
+        _remove_leftovers(folder, name, ops_dir)
     source = db.read(rtype, filters, batch_size, spill_dir=folder, reads=reads, batch_bytes=batch_bytes)
-    (folder / "ops").mkdir()
+    ops_dir.mkdir(exist_ok=True)
     key = _sort_key(rtype, wanted)
     sinks: dict[tuple[str, str], Sink] = {}  # (file stem, format)
     rejects = _RejectLog(folder, rtype)
-    progress.start("ops", source.total)
-    pages = prefetch(source.pages(), budget.prefetch)
     pages_read = 0
+    progress.start("ops", source.total)
+    if state is not None:
+        try:
+            position = Position(*state["position"])  # type: ignore[misc]
+            files = {tuple(k.split("/")): v for k, v in dict(state["sinks"]).items()}  # type: ignore[call-overload]
+            for entry in ops_dir.iterdir():  # opened after the checkpoint: written again
+                if tuple(entry.name.rsplit(".", 1)) not in files:
+                    entry.unlink()
+            for (stem, fmt), (size, records) in files.items():
+                sinks[stem, fmt] = _open_sink(ops_dir, rtype, fmt, stem, resume=(size, records))
+            rejects.resume(state["rejects"])  # type: ignore[arg-type]
+            source.resume(position, list(state["unplaced_keys"]), list(state["unplaced_values"]))  # type: ignore[call-overload]
+        except (OSError, KeyError, TypeError, ValueError):  # not as the checkpoint says: start over
+            for sink in sinks.values():
+                sink.abort()
+            source.close()
+            progress.stop()
+            args = (db, folder, formats, filters, batch_size, batch_bytes, progress, budget, checkpoints)
+            return _write_ops(*args, resume=False)
+        pages_read = int(state["pages"])  # type: ignore[call-overload]
+        budget.rejected(rejects.count, name)
+        progress.advance(position.seen)
+        log.info("%s: resuming after %s records written", name, f"{position.seen:,}")
+    clock = Clock(checkpoints.interval) if checkpoints is not None else None
+    pages = prefetch(source.pages(), budget.prefetch)
     try:
         for page, (rows_out, bad_out) in _convert_in_order(rtype, pages, wanted, budget.converters):
             pages_read += 1
@@ -516,18 +765,35 @@ def _write_ops(
                 part = rows_out.filter((stems == stem).to_arrow()) if stems.n_unique() > 1 else rows_out
                 for fmt in formats:
                     if (stem, fmt) not in sinks:
-                        sinks[stem, fmt] = _open_sink(folder / "ops", rtype, fmt, stem)
+                        sinks[stem, fmt] = _open_sink(ops_dir, rtype, fmt, stem)
                 for chunk in part.to_batches(max_chunksize=WRITE_ROWS):
                     _write({fmt: sinks[stem, fmt] for fmt in formats}, formats, chunk, rtype, key)
-            budget.rejected(bad_out.num_rows, rtype.name)
+            budget.rejected(bad_out.num_rows, name)
             if bad_out.num_rows:
                 rejects.write(bad_out)
             progress.advance(page.num_rows)
+            killpoint(f"{name}.page")
+            if checkpoints is not None and clock is not None and clock.due():
+                at = Position.of(page)
+                checkpoints.save(
+                    name,
+                    {
+                        "phase": "writing",
+                        "position": [at.after, at.seen, at.unplaced],
+                        "unplaced_keys": source.unplaced.keys[: at.unplaced],
+                        "unplaced_values": source.unplaced.values[: at.unplaced],
+                        "pages": pages_read,
+                        "sinks": {f"{stem}/{fmt}": sink.position() for (stem, fmt), sink in sinks.items()},
+                        "rejects": rejects.position(),
+                    },
+                    [*(s.path for s in sinks.values()), *rejects.files(), ops_dir],
+                )
+                clock.reset()
         pages.close()
-        budget.rejected(len(source.unplaced.keys), rtype.name)
+        budget.rejected(len(source.unplaced.keys), name)
         rejects.unplaced(source)
         if not sinks:
-            (folder / "ops").rmdir()  # no op passed the filters: no files, no folder
+            ops_dir.rmdir()  # no op passed the filters: no files, no folder
         results = []
         for stem, fmt in sorted(sinks):  # the manifest lists them by name
             result = sinks[stem, fmt].close()
@@ -581,22 +847,43 @@ CSV_PREFIX = "csv:"
 
 def _convert_all(
     rtype: RecordType, pages: Iterable[pa.Table], formats: frozenset[str], pool: ThreadPoolExecutor
-) -> Iterator[tuple[int, tuple[pa.Table, pa.Table]]]:
+) -> Iterator[tuple[Position, int, Position | None, tuple[pa.Table, pa.Table]]]:
     """Convert pages on the converter ``pool`` (Polars and pyarrow release the GIL), at most
-    CONVERTERS pages of this stream in flight. Results come back in any order: they are sorted next."""
+    CONVERTERS pages of this stream in flight. Results come back in any order: they are sorted next.
+
+    Each comes as (its page's position, its page's rows, settled, result): ``settled`` is
+    the position of the last page of the prefix of pages whose results have all come
+    back, once this one is taken, if no later page's result has come back yet (the pages
+    taken are exactly that prefix: a checkpoint can name it); else None.
+    """
     running: set[Future[tuple[pa.Table, pa.Table]]] = set()
-    sizes: dict[Future[tuple[pa.Table, pa.Table]], int] = {}
+    order: collections.deque[tuple[Position, Future[tuple[pa.Table, pa.Table]]]] = collections.deque()
+    info: dict[Future[tuple[pa.Table, pa.Table]], tuple[Position, int]] = {}
+    taken: set[Future[tuple[pa.Table, pa.Table]]] = set()
+
+    def take(f: Future[tuple[pa.Table, pa.Table]]) -> tuple[Position, int, Position | None, tuple[pa.Table, pa.Table]]:
+        result = f.result()
+        taken.add(f)
+        settled = None
+        while order and order[0][1] in taken:
+            settled, done = order.popleft()
+            taken.discard(done)
+        position, n = info.pop(f)
+        return position, n, settled if not taken else None, result
+
     try:
         for page in pages:
             future = pool.submit(_convert, rtype, page, formats)
-            sizes[future] = page.num_rows
+            position = Position.of(page)
+            info[future] = (position, page.num_rows)
+            order.append((position, future))
             running.add(future)
             if len(running) >= CONVERTERS:
                 done, running = wait(running, return_when=FIRST_COMPLETED)
                 for f in done:
-                    yield sizes.pop(f), f.result()
+                    yield take(f)
         for f in as_completed(running):
-            yield sizes.pop(f), f.result()
+            yield take(f)
     finally:
         for f in running:
             f.cancel()
@@ -665,11 +952,13 @@ def _write(sinks: dict[str, Sink], formats: Sequence[str], chunk: pa.RecordBatch
         ) from None
 
 
-def _open_sink(folder: Path, rtype: RecordType, fmt: str, stem: str | None = None) -> Sink:
+def _open_sink(
+    folder: Path, rtype: RecordType, fmt: str, stem: str | None = None, resume: tuple[int, int] | None = None
+) -> Sink:
     name = f"{stem or rtype.name}.{fmt}"
     if fmt == "csv":
-        return SINKS[fmt](folder, name, transforms.csv_schema(rtype))
-    return SINKS[fmt](folder, name)
+        return SINKS[fmt](folder, name, transforms.csv_schema(rtype), resume)
+    return SINKS[fmt](folder, name, resume)
 
 
 class _RejectLog:
@@ -684,6 +973,22 @@ class _RejectLog:
         self._sink = self._sink or NdjsonSink(self._folder, f".{self._rtype.name}.{REJECTS}")
         self._sink.write(lines)
         self.count += n
+
+    def position(self) -> tuple[int, int] | None:
+        """(bytes, rejects) written so far, for a checkpoint; None before the first."""
+        return None if self._sink is None else self._sink.position()
+
+    def files(self) -> list[Path]:
+        return [] if self._sink is None else [self._sink.path]
+
+    def resume(self, position: tuple[int, int] | None) -> None:
+        """Continue the part file a killed run left, at a checkpoint's ``position``."""
+        path = self._folder / f".{self._rtype.name}.{REJECTS}"
+        if position is None:
+            path.unlink(missing_ok=True)
+            return
+        self._sink = NdjsonSink(self._folder, path.name, resume=(position[0], position[1]))
+        self.count = position[1]
 
     def write(self, bad: pa.Table) -> None:
         """Rejects as the transforms give them (with sort columns, which are not written)."""

@@ -30,14 +30,33 @@ class FileResult:
 
 
 class _HashingFile:
-    """A binary file that hashes and counts what goes through it."""
+    """A binary file that hashes and counts what goes through it.
 
-    def __init__(self, path: Path):
+    ``resume``: continue a file a killed run wrote: cut it back to that many
+    bytes (what a checkpoint recorded) and hash them again by reading them.
+    """
+
+    def __init__(self, path: Path, resume: int | None = None):
         self.path = path
-        self._f = open(path, "xb")  # noqa: SIM115 - closed by close()/abort()
         self._hash = hashlib.sha256()
         self.size = 0
         self.closed = False
+        if resume is None:
+            self._f = open(path, "xb")  # noqa: SIM115 - closed by close()/abort()
+            return
+        self._f = open(path, "r+b")  # noqa: SIM115
+        try:
+            self._f.truncate(resume)
+            while self.size < resume:
+                chunk = self._f.read(min(2**20, resume - self.size))
+                if not chunk:
+                    raise OSError(f"{path} is shorter than its checkpoint ({self.size} of {resume} bytes)")
+                self._hash.update(chunk)
+                self.size += len(chunk)
+            self._f.seek(resume)
+        except BaseException:
+            self._f.close()
+            raise
 
     def write(self, data: bytes | memoryview | pa.Buffer) -> int:
         view = memoryview(data)
@@ -66,12 +85,25 @@ class _HashingFile:
 
 
 class Sink:
-    """Base lifecycle. Subclasses implement ``_write`` and may extend ``_finish``."""
+    """Base lifecycle. Subclasses implement ``_write`` and may extend ``_finish``.
 
-    def __init__(self, folder: Path, name: str):
+    ``resume=(size, records)`` continues the file a killed run left, as it was
+    when it held ``records`` records in ``size`` bytes (see ``position``).
+    """
+
+    def __init__(self, folder: Path, name: str, resume: tuple[int, int] | None = None):
         self.name = name
-        self._file = _HashingFile(folder / name)
-        self.records = 0
+        self._file = _HashingFile(folder / name, None if resume is None else resume[0])
+        self.records = 0 if resume is None else resume[1]
+
+    def position(self) -> tuple[int, int]:
+        """(bytes, records) written so far, flushed to the OS: a point to resume from."""
+        self._file.flush()
+        return self._file.size, self.records
+
+    @property
+    def path(self) -> Path:
+        return self._file.path
 
     def write(self, batch: pa.RecordBatch) -> None:
         self._write(batch)
@@ -95,11 +127,13 @@ class Sink:
 class CsvSink(Sink):
     """UTF-8 CSV with a BOM, a header row, RFC 4180 quoting, ``\\n`` line ends."""
 
-    def __init__(self, folder: Path, name: str, schema: pa.Schema):
-        super().__init__(folder, name)
-        self._file.write(BOM)
+    def __init__(self, folder: Path, name: str, schema: pa.Schema, resume: tuple[int, int] | None = None):
+        super().__init__(folder, name, resume)
+        if resume is None:
+            self._file.write(BOM)
+        # pyarrow's writer writes each batch through at once: position() holds whole rows
         self._writer = pa_csv.CSVWriter(
-            self._file, schema, write_options=pa_csv.WriteOptions(include_header=True, eol="\n")
+            self._file, schema, write_options=pa_csv.WriteOptions(include_header=resume is None, eol="\n")
         )
 
     def _write(self, batch: pa.RecordBatch) -> None:

@@ -141,38 +141,98 @@ class BucketSorter:
 
     def sorted(self) -> Iterator[pa.Table]:
         """Each bucket's rows sorted, buckets in order; a bucket's files are gone once read."""
+        for _, table in self.buckets():
+            yield table
+
+    def buckets(self, start: int = 0, keep: bool = False) -> Iterator[tuple[int, pa.Table]]:
+        """(bucket, its rows sorted) for the buckets from ``start`` on, in order; a bucket split
+        because it was too large comes as several tables in a row. Read files are removed,
+        unless ``keep``: then they stay until ``release`` (a checkpoint may still name them)."""
         if self._memory:
             table = self._sort(pa.concat_tables(self._memory))
             self._memory = []
-            yield table
+            yield 0, table
             return
         for w in self._writers.values():
             w.close()
         self._writers.clear()
-        parts, self._parts = self._parts, {}
-        for bucket in sorted(parts):
+        for bucket in sorted(b for b in self._parts if b >= start):
+            parts = list(self._parts[bucket])
+            if not keep:
+                del self._parts[bucket]
             self.reading = bucket
-            size = sum(p.stat().st_size for p in parts[bucket])
+            size = sum(p.stat().st_size for p in parts)
             if self._max_bytes is not None and size > self._max_bytes:
-                split = self._split(parts[bucket], size)
+                split = self._split(parts, size, keep)
                 if split is not None:
                     with split:
-                        yield from split.sorted()
+                        for _, table in split.buckets():
+                            yield bucket, table
                     continue
             tables = []
-            for path in parts[bucket]:
+            for path in parts:
                 with pa.OSFile(str(path)) as f, ipc.open_stream(f) as reader:
                     tables.append(reader.read_all())
-                path.unlink()
+                if not keep:
+                    path.unlink()
             table = self._sort(pa.concat_tables(tables))
             del tables
-            yield table
+            yield bucket, table
             del table
 
-    def _split(self, paths: list[Path], size: int) -> BucketSorter | None:
+    def release(self, before: int) -> None:
+        """Remove the files of the buckets before ``before`` (read with ``keep``)."""
+        for bucket in [b for b in self._parts if b < before]:
+            for path in self._parts.pop(bucket):
+                path.unlink(missing_ok=True)
+
+    # -- checkpoints ---------------------------------------------------------------
+
+    def snapshot(self, start: int = 0) -> dict[str, object] | None:
+        """The spill files (of the buckets from ``start`` on) and their sizes now, for a
+        checkpoint; None if the rows are held in memory (one bucket: nothing on disk to
+        resume from). The files hold whole IPC messages at any moment between ``add``
+        calls (Arrow writes them unbuffered)."""
+        if not len(self._bounds):
+            return None
+        if self._folder is None:
+            return {"folder": None, "parts": {}}
+        parts = {str(b): [[p.name, p.stat().st_size] for p in paths] for b, paths in self._parts.items() if b >= start}
+        return {"folder": self._folder.name, "parts": parts}
+
+    def files(self, start: int = 0) -> list[Path]:
+        """The spill files (from bucket ``start`` on), to flush to disk before a checkpoint names them."""
+        return [p for b, paths in self._parts.items() if b >= start for p in paths]
+
+    def restore(self, state: dict[str, object]) -> None:
+        """Back to a ``snapshot``: its files cut to their sizes, any other file in the folder
+        removed. New rows go to new part files. Raises ValueError if the files are not there."""
+        if self._folder is not None or self._parts or self._memory or not len(self._bounds):
+            raise ValueError("restore needs a new sorter with a plan")
+        if state["folder"] is None:
+            return
+        folder = Path(self._parent or tempfile.gettempdir()) / str(state["folder"])
+        parts: dict[int, list[Path]] = {}
+        for bucket, entries in dict(state["parts"]).items():  # type: ignore[call-overload]
+            for name, size in entries:
+                path = folder / name
+                if path.stat().st_size < size:
+                    raise ValueError(f"spill file {path} is shorter than its checkpoint")
+                os.truncate(path, size)
+                parts.setdefault(int(bucket), []).append(path)
+        named = {p for paths in parts.values() for p in paths}
+        for entry in folder.iterdir():
+            if entry not in named:
+                if entry.is_dir():
+                    shutil.rmtree(entry)
+                else:
+                    entry.unlink()
+        self._folder, self._parts = folder, parts
+
+    def _split(self, paths: list[Path], size: int, keep: bool = False) -> BucketSorter | None:
         """A bucket too large to hold (huge rows close in time; the plan sized buckets by the
         archive's average row) spilled again into sub-buckets, one IPC batch at a time; its
-        files are gone. None if its rows share one instant (then it is read whole)."""
+        files are gone (unless ``keep``). None if its rows share one instant (then it is read whole)."""
         assert self.max_bytes is not None
         ninst = []
         for path in paths:  # pass 1: the instants alone
@@ -191,7 +251,8 @@ class BucketSorter:
                 with pa.OSFile(str(path)) as f, ipc.open_stream(f) as reader:
                     for batch in reader:
                         child.add(pa.Table.from_batches([batch]))
-                path.unlink()
+                if not keep:
+                    path.unlink()
         except BaseException:
             child.close()
             raise

@@ -287,6 +287,24 @@ class Archive:
         return source
 
 
+@dataclass(frozen=True)
+class Position:
+    """Where reading stands after a page: its last rowid, the rows yielded so far, and how
+    many rows a time filter has left out as unplaced. Pages carry it as schema metadata."""
+
+    after: int
+    seen: int
+    unplaced: int
+
+    def metadata(self) -> dict[bytes, bytes]:
+        return {b"pipeline.position": f"{self.after} {self.seen} {self.unplaced}".encode()}
+
+    @classmethod
+    def of(cls, page: pa.Table) -> Position:
+        after, seen, unplaced = (page.schema.metadata or {})[b"pipeline.position"].split()
+        return cls(int(after), int(seen), int(unplaced))
+
+
 class RecordSource:
     """Iterable of ``pa.RecordBatch`` in export order, one fixed schema (every column a string).
 
@@ -323,6 +341,7 @@ class RecordSource:
         self.retries = archive.retries
         self.retried = 0  # retries of a locked archive, over the passes and pages
         self._archive = archive  # its connection and read transaction: the export's one snapshot
+        self.start: Position | None = None  # set by resume(): pages() begins after it
         self._closed = False
         try:
             size = self._bucket_bytes = BUCKET_BYTES if bucket_bytes is None else bucket_bytes
@@ -458,6 +477,8 @@ class RecordSource:
         budget = self.batch_bytes // PAGES_PER_BATCH
         huge_budget, huge_row = self.batch_bytes // HUGE_PAGES_PER_BATCH, self.batch_bytes * HUGE_ROW
         after, first, seen = -(2**63), True, 0  # the first page starts at the lowest rowid, -2**63 included
+        if self.start is not None:  # resumed: after the pages a checkpoint recorded
+            after, first, seen = self.start.after, False, self.start.seen
         while True:
             op = ">=" if first else ">"
             params = [pa.array([after], pa.int64())]
@@ -481,13 +502,22 @@ class RecordSource:
                 if f.did is not None:
                     params.append(pa.array([f.did], pa.string()))
                 page = self._query_table(sql.format(op=op), params, rows, f"rowid after {after}")
-                yield self._placed_page(page.cast(schema))
+                placed = self._placed_page(page.cast(schema))
                 seen += self._last_rows
+                # Where the reading stands after this page: what a checkpoint records.
+                yield placed.replace_schema_metadata(Position(last, seen, len(self.unplaced.keys)).metadata())
                 start += max(1, fit)
                 after, first, op = last, False, ">"
             if sizes.num_rows < rows:
                 break
         self.total = seen
+
+    def resume(self, position: Position, unplaced_keys: list[object], unplaced_values: list[object]) -> None:
+        """Make ``pages()`` continue after ``position`` (from a checkpoint), with the rows
+        left out as unplaced before it."""
+        self.start = position
+        self.unplaced.keys[:] = unplaced_keys
+        self.unplaced.values[:] = unplaced_values
 
     def _placed_page(self, page: pa.Table) -> pa.Table:
         """A page with ``_ninst`` (its rows' instants), without rows the time filters leave out
