@@ -171,6 +171,8 @@ def export(
                 if complete is not None:
                     log.info("the interrupted export was complete; publishing it")
                     staging.checkpoints.drop()
+                    for part in staging.path.glob(f".*.{REJECTS}"):
+                        part.unlink()
                     warnings = staging.publish()
                     return replace(complete, out=staging.out, skipped=False, warnings=warnings, notices=notices)
                 for leftover in (MANIFEST, METRICS, REJECTS):  # written again at the end
@@ -224,7 +226,8 @@ def export(
                 )
             rejects = sum(n for _, n in reject_parts)
             if reject_parts:
-                files.append(concat_files(staging.path, REJECTS, reject_parts))
+                # the parts stay until publishing: checkpoints of finished streams name them
+                files.append(concat_files(staging.path, REJECTS, reject_parts, remove=False))
             manifest = {
                 "tool": TOOL,
                 "version": __version__,
@@ -251,6 +254,8 @@ def export(
             staging.write_manifest(manifest)  # last: a staging folder with a manifest is complete
             killpoint("publish")
             staging.checkpoints.drop()
+            for part, _ in reject_parts:
+                part.unlink()
             warnings = staging.publish()
         except BaseException as e:
             staging.discard()

@@ -176,9 +176,9 @@ class JsonArraySink(Sink):
 SINKS = {"csv": CsvSink, "json": JsonArraySink, "ndjson": NdjsonSink}
 
 
-def concat_files(folder: Path, name: str, parts: list[tuple[Path, int]]) -> FileResult:
+def concat_files(folder: Path, name: str, parts: list[tuple[Path, int]], remove: bool = True) -> FileResult:
     """Write ``name`` as the parts (path, records) one after another, hashing as it goes;
-    the parts are removed. Streams in 1 MiB pieces."""
+    the parts are removed (unless not ``remove``). Streams in 1 MiB pieces."""
     out = _HashingFile(folder / name)
     try:
         for path, _ in parts:
@@ -189,6 +189,6 @@ def concat_files(folder: Path, name: str, parts: list[tuple[Path, int]]) -> File
     except BaseException:
         out.discard()
         raise
-    for path, _ in parts:
+    for path, _ in parts if remove else ():
         path.unlink()
     return FileResult(name, sum(n for _, n in parts), out.size, digest)
