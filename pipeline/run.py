@@ -618,7 +618,7 @@ def _write_records(
                         bad.add(bad_out)
                     except OSError as e:
                         raise ExportError(
-                            f"writing sort spill files failed: {e.strerror or e}",
+                            f"writing sort spill files in {spill} failed: {e.strerror or e}",
                             record_type=name,
                             key_range=_page_range(rows_out, key),
                         ) from None
@@ -655,7 +655,7 @@ def _write_records(
                     killpoint(f"{name}.bucket")
             except OSError as e:  # reading a bucket back (the sinks' errors are ExportErrors)
                 raise ExportError(
-                    f"reading sort spill files failed: {e.strerror or e}",
+                    f"reading sort spill files in {spill} failed: {e.strerror or e}",
                     record_type=name,
                     key_range=rows.span(rows.reading),
                 ) from None
@@ -942,6 +942,7 @@ def _page_range(page: pa.Table, key: str) -> str:
 
 
 def _write(sinks: dict[str, Sink], formats: Sequence[str], chunk: pa.RecordBatch, rtype: RecordType, key: str) -> None:
+    fmt = formats[0]
     try:
         for fmt in formats:
             if fmt == "csv":
@@ -953,7 +954,7 @@ def _write(sinks: dict[str, Sink], formats: Sequence[str], chunk: pa.RecordBatch
     except OSError as e:
         span = key_range(chunk.replace_schema_metadata(range_metadata(chunk, key)))
         raise ExportError(
-            f"writing the export failed: {e.strerror or e}", record_type=rtype.name, key_range=span
+            f"writing the export failed: {e.strerror or e} ({sinks[fmt].path})", record_type=rtype.name, key_range=span
         ) from None
 
 

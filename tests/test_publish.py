@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import resource
 import signal
 import subprocess
@@ -49,10 +50,31 @@ def test_disk_full_keeps_earlier_export(tmp_path, archive_20k, earlier_export):
     assert proc.returncode == 1, proc.stderr
     line = proc.stderr.strip().splitlines()[-1]
     assert "File too large" in line and "batch" in line, line
+    assert re.search(r"\.staging-\d+/(\w+\.(csv|json)\)|\.spill-)", line), line  # the file it could not write
     assert any(f"({name}, batch" in line for name in ("posts", "likes", "follows")), line  # the stream that failed
     assert len(proc.stderr.strip().splitlines()) == 1
     assert _snapshot(earlier_export) == before
     assert _staging(earlier_export) == []
+
+
+def test_a_write_error_names_the_file(tmp_path, archive_150k):
+    """Sort files stay small (16 MiB buckets) while posts.json grows past the limit: the error names it."""
+    limit = 20_000_000
+
+    def small_files() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "cli.py"), "run", "export", str(archive_150k), "--out", str(out), "-q",
+         "--types", "posts"],
+        capture_output=True, text=True, preexec_fn=small_files, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 1, proc.stderr
+    line = proc.stderr.strip()
+    assert line.startswith("pipeline: error: writing the export failed: File too large (") and "\n" not in line
+    assert re.search(r"\.out\.staging-\d+/posts\.json\) \(posts, batch at://", line), line
+    assert not out.exists() and _staging(out) == []
 
 
 def test_database_error_keeps_earlier_export(tmp_path, fixture_archive, earlier_export):
