@@ -10,11 +10,13 @@ from __future__ import annotations
 import collections
 import contextlib
 import functools
+import glob
 import hashlib
 import json
 import logging
 import os
 import queue
+import re
 import shutil
 import threading
 import time
@@ -34,7 +36,7 @@ from .checkpoint import Checkpoints, Clock, killpoint
 from .errors import ArchiveError, Cancelled, ExportError, PipelineError, UsageError
 from .media import MEDIA_DIR, MediaResult, copy_media
 from .progress import Progress, Streams
-from .publish import MANIFEST, TOOL, Staging, clean, restore_aside
+from .publish import MANIFEST, TOOL, Staging, clean, restore_aside, stale_folders
 from .records import COLLECTION_TYPES, OP_ACTIONS, OPS, RECORD_TYPES, RecordType
 from .sinks import SINKS, FileResult, NdjsonSink, Sink, concat_files
 from .sort import NINST
@@ -78,6 +80,17 @@ def default_out(archive: Path, now: datetime | None = None) -> Path:
     """A new timestamped folder under ./exports/."""
     now = now or datetime.now(UTC)
     return Path("exports") / f"{archive.stem}-{now.strftime('%Y%m%dT%H%M%SZ')}"
+
+
+def _killed_default_out(archive: Path) -> Path | None:
+    """The default ``out`` of the newest killed run of this archive that left a staging
+    folder under ./exports/ (``.<stem>-<time>.staging-<pid>``), if any."""
+    found = []
+    for staging in Path("exports").glob(f".{glob.escape(archive.stem)}-*.staging-*"):
+        out = staging.with_name(staging.name[1:].rsplit(".staging-", 1)[0])
+        if re.fullmatch(re.escape(archive.stem) + r"-\d{8}T\d{6}Z", out.name) and staging in stale_folders(out):
+            found.append(out)
+    return max(found, default=None)  # the names sort by time
 
 
 def export(
@@ -140,7 +153,10 @@ def export(
     lo, hi = filters.since, filters.until
     progress = progress or Progress()
     archive_path = Path(archive)
-    out_path = Path(out) if out is not None else default_out(archive_path)
+    out_path = Path(out) if out is not None else None
+    if out_path is None and resume:  # the default folder is new each run: resume the newest one killed
+        out_path = _killed_default_out(archive_path)
+    out_path = out_path or default_out(archive_path)
 
     with Archive(archive_path, retries) as db:
         rtypes, notices = _chosen_types(db, named)

@@ -234,3 +234,18 @@ def test_a_complete_staging_folder_with_a_damaged_file_redoes_that_stream(archiv
     assert "posts: done before the interruption" in again.stderr
     assert "likes: done before" not in again.stderr
     assert _data(out) == _data(ref)
+
+
+def test_resume_without_out_continues_the_default_folder(archive_20k, tmp_path):
+    """Without --out each run gets a new ./exports/<name>-<time>; --resume finds the killed one."""
+    env = {**os.environ, "PIPELINE_CHECKPOINT_SECONDS": "0", "PIPELINE_KILL_AT": "posts.page=20"}
+    args = ("run", "export", archive_20k, "--batch-bytes", "1M", "-q")
+    assert run_cli(*args, cwd=tmp_path, env=env).returncode == -signal.SIGKILL
+    (staging,) = (tmp_path / "exports").glob(".*.staging-*")
+    env.pop("PIPELINE_KILL_AT")
+    again = run_cli(*args, "--resume", cwd=tmp_path, env=env)
+    assert again.returncode == 0, again.stderr
+    assert "posts: resuming after" in again.stderr
+    (out,) = (tmp_path / "exports").iterdir()
+    assert f".{out.name}.staging-" in staging.name
+    check_export(out, archive_20k, ["csv", "json"], ("posts", "likes", "follows"))
