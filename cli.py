@@ -260,16 +260,18 @@ def clean_command(
     from pipeline.publish import clean
 
     try:
-        messages = clean(out)
+        messages, ok = clean(out)
     except OSError as e:
         if debug:
             raise
         typer.echo(f"pipeline: error: cannot clean beside {out}: {e.strerror or e}", err=True)
         raise typer.Exit(4) from None
     for message in messages:
-        typer.echo(message, err=True)
+        typer.echo(message if ok or not message.startswith("could not") else f"pipeline: error: {message}", err=True)
     if not messages:
         typer.echo(f"nothing to clean beside {out}", err=True)
+    if not ok:
+        raise typer.Exit(4)
 
 
 class _Reporter:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import threading
 import time
@@ -97,9 +98,7 @@ class Checkpoints:
 
     def drop(self) -> None:
         """Before publishing: the export is complete and carries no checkpoints."""
-        for path in self.folder.glob("*"):
-            path.unlink()
-        self.folder.rmdir()
+        shutil.rmtree(self.folder, ignore_errors=True)  # gone already if a killed run got this far
 
 
 class Clock:

@@ -53,16 +53,14 @@ class Staging:
         try:
             parent.mkdir(parents=True, exist_ok=True)
             self.path = parent / f".{self.out.name}.staging-{os.getpid()}"
-            stale = stale_folders(self.out)
+            stale = stale_folders(self.out, own=True)
             if resume:
                 self.resumed = _take_over(self.out, stale, fingerprint or {}, self.path)
                 if self.resumed is None:
                     log.warning("nothing to resume for %s (no staging folder of a killed run); exporting anew", out)
-            for message in _remove(self.out, [p for p in stale if p != self.resumed]):
+            for message, _ in _remove(self.out, [p for p in stale if p != self.resumed]):
                 log.warning("%s", message)
             if self.resumed is None:
-                if self.path.exists():
-                    shutil.rmtree(self.path)
                 self.path.mkdir()
         except OSError as e:
             raise OutputError(f"cannot write to {parent}: {e.strerror}") from None
@@ -163,9 +161,14 @@ def _check_replaceable(out: Path) -> None:
         raise OutputError(f"output folder {out} is not empty and holds no earlier export; choose another --out")
 
 
-def stale_folders(out: Path) -> list[Path]:
+def stale_folders(out: Path, own: bool = False) -> list[Path]:
     """What killed runs into ``out`` left beside it (their process is gone): staging folders
-    (``.OUT.staging-<pid>``) and earlier exports moved aside while publishing (``.OUT.old-<pid>``)."""
+    (``.OUT.staging-<pid>``) and earlier exports moved aside while publishing (``.OUT.old-<pid>``).
+
+    ``own``: also a folder named with this process's ID. A run about to make its staging
+    folder passes it: one there already is a killed run's whose ID was reused (a
+    container's PID 1, a restart after a power loss).
+    """
     parent, name = out.parent, out.name
     found = []
     for p in [*parent.glob(f".{name}.staging-*"), *parent.glob(f".{name}.old-*")]:
@@ -173,7 +176,7 @@ def stale_folders(out: Path) -> list[Path]:
             pid = int(p.name.rsplit("-", 1)[1])
         except ValueError:
             continue
-        if pid != os.getpid() and not _alive(pid):
+        if (own and pid == os.getpid()) or (pid != os.getpid() and not _alive(pid)):
             found.append(p)
     return sorted(found)
 
@@ -190,27 +193,34 @@ def restore_aside(out: Path) -> list[str]:
     return messages
 
 
-def clean(out: Path) -> list[str]:
+def clean(out: Path) -> tuple[list[str], bool]:
     """Remove what killed runs into ``out`` left (putting back an earlier export they had
-    moved aside, if ``out`` is missing); one message per folder. ``pipeline clean``."""
+    moved aside, if ``out`` is missing): one message per folder, and whether all went.
+    ``pipeline clean``."""
     out = Path(os.path.realpath(out))
-    return _remove(out, stale_folders(out))
+    done = _remove(out, stale_folders(out))
+    return [m for m, _ in done], all(ok for _, ok in done)
 
 
-def _remove(out: Path, folders: list[Path]) -> list[str]:
+def _remove(out: Path, folders: list[Path]) -> list[tuple[str, bool]]:
+    """Remove (or put back) each folder: (message, whether it worked) for each."""
     messages = []
     for p in folders:
         if not p.exists():
             continue
-        if ".old-" in p.name and not out.exists():
-            os.rename(p, out)
-            messages.append(f"put back the earlier export {out}, which a killed run had moved to {p.name}")
+        try:
+            if ".old-" in p.name and not out.exists():
+                os.rename(p, out)
+                messages.append((f"put back the earlier export {out}, which a killed run had moved to {p.name}", True))
+                continue
+            resumable = (p / CHECKPOINTS).is_dir()
+            shutil.rmtree(p)
+        except OSError as e:
+            messages.append((f"could not remove {p}, left by a killed run: {e.strerror or e}", False))
             continue
-        resumable = (p / CHECKPOINTS).is_dir() or (p / MANIFEST).is_file()
-        shutil.rmtree(p, ignore_errors=True)
         what = "staging folder" if ".staging-" in p.name else "earlier export set aside"
         hint = " (--resume would have continued it)" if ".staging-" in p.name and resumable else ""
-        messages.append(f"removed the {what} of a killed run: {p}{hint}")
+        messages.append((f"removed the {what} of a killed run: {p}{hint}", True))
     return messages
 
 
@@ -226,17 +236,18 @@ def _take_over(out: Path, stale: list[Path], fingerprint: dict[str, object], pat
             manifest = read_json(p / MANIFEST)
             theirs = manifest.get("fingerprint") if manifest else None  # type: ignore[assignment]
         if isinstance(theirs, dict):
-            candidates.append((p.stat().st_mtime, p, theirs))
+            candidates.append((theirs.get("sha256") == fingerprint.get("sha256"), p.stat().st_mtime, p, theirs))
     if not candidates:
         return None
-    _, found, theirs = max(candidates, key=lambda c: c[0])
-    if theirs.get("sha256") != fingerprint.get("sha256"):
+    same, _, found, theirs = max(candidates, key=lambda c: (c[0], c[1]))  # the newest of this fingerprint
+    if not same:
         changed = differences(theirs, fingerprint)
         raise UsageError(
             f"cannot resume the export in {found}: {changed} since it was started; run without --resume to"
             " start over (that removes it)"
         )
-    os.rename(found, path)
+    if found != path:
+        os.rename(found, path)
     return found
 
 

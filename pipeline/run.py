@@ -176,7 +176,7 @@ def export(
                         f" export in {earlier.out}); nothing was published"
                     )
                 if not skip_unchanged:  # --resume: the killed run had published it (or a run before it)
-                    warnings = clean(out_path)
+                    warnings, _ = clean(out_path)
                     return replace(earlier, notices=[f"{earlier.out} already holds this export; nothing to resume"],
                                    warnings=warnings)  # fmt: skip
                 return earlier
@@ -585,6 +585,9 @@ def _write_records(
                     bad.restore(state["bad"])
                 except (OSError, ValueError, KeyError, TypeError):  # files gone or cut short: start over
                     raise _StartOver from None
+                for entry in spill.iterdir():  # a sorter's folder made after the checkpoint
+                    if entry not in (rows.folder, bad.folder):
+                        shutil.rmtree(entry)
                 position = Position(*state["position"])
                 source.resume(position, list(state["unplaced_keys"]), list(state["unplaced_values"]))
                 budget.rejected(rejected, name)
@@ -615,7 +618,15 @@ def _write_records(
                         "next_bucket": next_bucket,
                         **more,
                     },
-                    [*rows.files(next_bucket), *bad.files(), *(s.path for s in sinks.values())],
+                    [
+                        *rows.files(next_bucket),
+                        *bad.files(),
+                        *(s.path for s in sinks.values()),
+                        *rows.folders(),
+                        *bad.folders(),
+                        spill,
+                        folder,
+                    ],
                 )
                 clock.reset()
 
@@ -651,8 +662,13 @@ def _write_records(
             progress.set_total(source.total)
             progress.start(f"{name}: writing", source.total)
             resume = state["sinks"] if state is not None and state["phase"] == "writing" else {}
-            for fmt in formats:
-                sinks[fmt] = _open_sink(folder, rtype, fmt, resume=tuple(resume[fmt]) if fmt in resume else None)
+            try:
+                for fmt in formats:
+                    sinks[fmt] = _open_sink(folder, rtype, fmt, resume=tuple(resume[fmt]) if fmt in resume else None)
+            except (OSError, KeyError, TypeError, ValueError):
+                if not resume:
+                    raise
+                raise _StartOver from None  # an output file missing or shorter than its checkpoint
             progress.advance(sinks[formats[0]].records)
             keep = clock is not None and rows.snapshot() is not None
             ordered = prefetch(rows.buckets(first_bucket, keep), 1)  # the next bucket is read while one is written
@@ -807,7 +823,7 @@ def _write_ops(
                         "sinks": {f"{stem}/{fmt}": sink.position() for (stem, fmt), sink in sinks.items()},
                         "rejects": rejects.position(),
                     },
-                    [*(s.path for s in sinks.values()), *rejects.files(), ops_dir],
+                    [*(s.path for s in sinks.values()), *rejects.files(), ops_dir, folder],
                 )
                 clock.reset()
         pages.close()

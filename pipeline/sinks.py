@@ -46,6 +46,9 @@ class _HashingFile:
             return
         self._f = open(path, "r+b")  # noqa: SIM115
         try:
+            have = os.fstat(self._f.fileno()).st_size
+            if have < resume:  # truncate() would pad it with NUL bytes
+                raise OSError(f"{path} is shorter than its checkpoint ({have} of {resume} bytes)")
             self._f.truncate(resume)
             while self.size < resume:
                 chunk = self._f.read(min(2**20, resume - self.size))

@@ -204,6 +204,15 @@ class BucketSorter:
         """The spill files (from bucket ``start`` on), to flush to disk before a checkpoint names them."""
         return [p for b, paths in self._parts.items() if b >= start for p in paths]
 
+    @property
+    def folder(self) -> Path | None:
+        """Where the spill files are (None until the first rows are spilled)."""
+        return self._folder
+
+    def folders(self) -> list[Path]:
+        """The spill folder and its parent, to flush to disk so new files' names survive."""
+        return [] if self._folder is None else [self._folder, self._folder.parent]
+
     def restore(self, state: dict[str, object]) -> None:
         """Back to a ``snapshot``: its files cut to their sizes, any other file in the folder
         removed. New rows go to new part files. Raises ValueError if the files are not there."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 import signal
@@ -249,3 +250,80 @@ def test_resume_without_out_continues_the_default_folder(archive_20k, tmp_path):
     (out,) = (tmp_path / "exports").iterdir()
     assert f".{out.name}.staging-" in staging.name
     check_export(out, archive_20k, ["csv", "json"], ("posts", "likes", "follows"))
+
+
+@pytest.mark.parametrize("damage", ["shorter", "missing", "extra sort folder"])
+def test_damaged_files_after_a_kill_start_the_stream_over(archive_150k, reference, tmp_path, damage):
+    """Files not as the checkpoint says (a power loss can lose a new file's name, or the end of a
+    file) are never padded or trusted: that stream starts over, the bytes are the same."""
+    out = tmp_path / "out"
+    kill_at = "posts.page=6" if damage == "extra sort folder" else "posts.bucket=6"
+    assert _export(archive_150k, out, "--jobs", "1", kill_at=kill_at).returncode == -signal.SIGKILL
+    (staging,) = _staging(out)
+    if damage == "shorter":
+        os.truncate(staging / "posts.json", 1000)
+    elif damage == "missing":
+        (staging / "posts.csv").unlink()
+    else:  # a sorter that had no folder at the checkpoint made one afterwards
+        extra = staging / ".spill-posts" / ".spill-after"
+        extra.mkdir()
+        (extra / "0.0.arrow").write_bytes(b"rows the checkpoint does not count")
+    again = _export(archive_150k, out, "--jobs", "1", "--resume")
+    assert again.returncode == 0, again.stderr
+    assert _data(out) == reference
+
+
+def test_killed_after_the_checkpoints_were_dropped(archive_20k, tmp_path):
+    out, ref = tmp_path / "out", tmp_path / "ref"
+    assert _export(archive_20k, ref).returncode == 0
+    assert _export(archive_20k, out, kill_at="publish=1").returncode == -signal.SIGKILL
+    (staging,) = _staging(out)
+    shutil.rmtree(staging / ".checkpoint")  # the kill came just after they were removed
+    again = _export(archive_20k, out, "--resume")
+    assert again.returncode == 0, again.stderr
+    assert _data(out) == _data(ref)
+
+
+def test_a_staging_folder_with_this_process_id_is_resumed(archive_20k, tmp_path):
+    """The process ID of the killed run came round again (a container's PID 1): still resumed."""
+    import pipeline
+
+    out, ref = tmp_path / "out", tmp_path / "ref"
+    assert _export(archive_20k, ref, "--batch-bytes", "1M").returncode == 0
+    assert _export(archive_20k, out, "--batch-bytes", "1M", kill_at="posts.page=30").returncode == -signal.SIGKILL
+    (staging,) = _staging(out)
+    staging.rename(staging.with_name(f".out.staging-{os.getpid()}"))
+    said: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            said.append(record.getMessage())
+
+    logger, handler = logging.getLogger("pipeline"), Collect()
+    logger.addHandler(handler)
+    level, logger.level = logger.level, logging.INFO
+    try:
+        result = pipeline.export(
+            archive_20k, out, formats=["csv", "json", "ndjson"], ops=True, batch_bytes=2**20, resume=True
+        )
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    assert result.records["posts"] == 20_000
+    assert any(m.startswith("posts: resuming after") for m in said), said
+    assert _data(out) == _data(ref)
+
+
+def test_clean_says_when_it_cannot_remove(tmp_path, monkeypatch):
+    from pipeline import publish
+
+    left = tmp_path / ".out.staging-999999999"
+    left.mkdir()
+
+    def refuse(path, *args, **kwargs):
+        raise PermissionError(1, "Operation not permitted", str(path))
+
+    monkeypatch.setattr(publish.shutil, "rmtree", refuse)
+    messages, ok = publish.clean(tmp_path / "out")
+    assert not ok and messages == [f"could not remove {left}, left by a killed run: Operation not permitted"]
+    assert left.exists()
