@@ -270,10 +270,12 @@ def export(
             staging.write_manifest(manifest)  # last: a staging folder with a manifest is complete
             killpoint("publish")
             staging.checkpoints.drop()
+            staging.checkpoints.close()
             for part, _ in reject_parts:
                 part.unlink()
             warnings = staging.publish()
         except BaseException as e:
+            staging.checkpoints.close()  # no checkpoint written into a folder being removed
             staging.discard()
             if isinstance(e, OSError):
                 raise ExportError(
@@ -597,13 +599,19 @@ def _write_records(
                     written = int(next(iter(dict(state["sinks"]).values()))[1])  # type: ignore[call-overload]
                     log.info("%s: resuming after %s of %s records written", name, f"{written:,}", f"{position.seen:,}")
 
-            def checkpoint(phase: str, position: Position, next_bucket: int = 0, **more: object) -> None:
+            def checkpoint(
+                phase: str,
+                position: Position,
+                next_bucket: int = 0,
+                then: Callable[[], None] | None = None,
+                **more: object,
+            ) -> None:
                 assert checkpoints is not None and clock is not None
                 rows_state, bad_state = rows.snapshot(next_bucket), bad.snapshot()
                 if rows_state is None or bad_state is None:
                     return  # rows held in memory: nothing on disk to resume from
                 n = position.unplaced
-                checkpoints.save(
+                checkpoints.save_later(
                     name,
                     {
                         "phase": phase,
@@ -627,6 +635,7 @@ def _write_records(
                         spill,
                         folder,
                     ],
+                    then,
                 )
                 clock.reset()
 
@@ -677,8 +686,10 @@ def _write_records(
                 for bucket, table in ordered:
                     if bucket != current and current is not None and keep and clock is not None and clock.due():
                         # every bucket before this one is in the files: continue from here
-                        checkpoint("writing", position, bucket, sinks={f: sinks[f].position() for f in formats})
-                        rows.release(bucket)
+                        # the buckets before this one are written: their files go once this is on disk
+                        release = functools.partial(rows.release, bucket)
+                        at = {f: sinks[f].position() for f in formats}
+                        checkpoint("writing", position, bucket, release, sinks=at)
                     current = bucket
                     for chunk in table.to_batches(max_chunksize=WRITE_ROWS):
                         budget.check()
@@ -812,7 +823,7 @@ def _write_ops(
             killpoint(f"{name}.page")
             if checkpoints is not None and clock is not None and clock.due():
                 at = Position.of(page)
-                checkpoints.save(
+                checkpoints.save_later(
                     name,
                     {
                         "phase": "writing",

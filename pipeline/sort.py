@@ -95,6 +95,7 @@ class BucketSorter:
         self._memory: list[pa.Table] = []  # one bucket only: no spill
         self._writers: OrderedDict[int, ipc.RecordBatchStreamWriter] = OrderedDict()  # least recent first
         self._parts: dict[int, list[Path]] = {}
+        self._parts_lock = threading.Lock()  # release() runs on the checkpoint thread
         self.reading: int | None = None  # the bucket being read back, for messages
         self._counted = True
         with _live_lock:
@@ -156,10 +157,13 @@ class BucketSorter:
         for w in self._writers.values():
             w.close()
         self._writers.clear()
-        for bucket in sorted(b for b in self._parts if b >= start):
-            parts = list(self._parts[bucket])
-            if not keep:
-                del self._parts[bucket]
+        with self._parts_lock:
+            order = sorted(b for b in self._parts if b >= start)
+        for bucket in order:
+            with self._parts_lock:
+                parts = list(self._parts.get(bucket, ()))
+                if not keep:
+                    self._parts.pop(bucket, None)
             self.reading = bucket
             size = sum(p.stat().st_size for p in parts)
             if self._max_bytes is not None and size > self._max_bytes:
@@ -181,9 +185,12 @@ class BucketSorter:
             del table
 
     def release(self, before: int) -> None:
-        """Remove the files of the buckets before ``before`` (read with ``keep``)."""
-        for bucket in [b for b in self._parts if b < before]:
-            for path in self._parts.pop(bucket):
+        """Remove the files of the buckets before ``before`` (read with ``keep``); may run on
+        another thread (once a checkpoint past them is on disk)."""
+        with self._parts_lock:
+            gone = [self._parts.pop(b) for b in [b for b in self._parts if b < before]]
+        for paths in gone:
+            for path in paths:
                 path.unlink(missing_ok=True)
 
     # -- checkpoints ---------------------------------------------------------------
@@ -197,12 +204,15 @@ class BucketSorter:
             return None
         if self._folder is None:
             return {"folder": None, "parts": {}}
-        parts = {str(b): [[p.name, p.stat().st_size] for p in paths] for b, paths in self._parts.items() if b >= start}
+        with self._parts_lock:
+            listed = [(b, list(paths)) for b, paths in self._parts.items() if b >= start]
+        parts = {str(b): [[p.name, p.stat().st_size] for p in paths] for b, paths in listed}
         return {"folder": self._folder.name, "parts": parts}
 
     def files(self, start: int = 0) -> list[Path]:
         """The spill files (from bucket ``start`` on), to flush to disk before a checkpoint names them."""
-        return [p for b, paths in self._parts.items() if b >= start for p in paths]
+        with self._parts_lock:
+            return [p for b, paths in self._parts.items() if b >= start for p in paths]
 
     @property
     def folder(self) -> Path | None:

@@ -95,11 +95,13 @@ def parse_instants(values: pl.Series) -> pl.Series:
     return out.to_series().alias(values.name)
 
 
-def format_instant(micros: pl.Expr, *, fraction: bool) -> pl.Expr:
-    """RFC 3339 UTC text with ``Z``; with ``fraction``, 0, 3 or 6 digits, the fewest exact."""
+def format_instant(micros: pl.Expr, *, fraction: bool, prefix: str = "", suffix: str = "") -> pl.Expr:
+    """RFC 3339 UTC text with ``Z``; with ``fraction``, 0, 3 or 6 digits, the fewest exact.
+    ``prefix``/``suffix`` are put around it in the same pass (e.g. a JSON key and quotes:
+    the text needs no JSON escaping)."""
     dt = micros.cast(pl.Datetime("us"))
     if not fraction:
-        return dt.dt.strftime("%Y-%m-%dT%H:%M:%SZ")
+        return pl.concat_str(pl.lit(prefix), dt.dt.strftime("%Y-%m-%dT%H:%M:%SZ"), pl.lit(suffix))
     sub = micros.mod(1_000_000)
     digits = (
         pl.when(sub == 0)
@@ -108,7 +110,7 @@ def format_instant(micros: pl.Expr, *, fraction: bool) -> pl.Expr:
         .then(pl.lit(".") + (sub // 1000).cast(pl.String).str.zfill(3))
         .otherwise(pl.lit(".") + sub.cast(pl.String).str.zfill(6))
     )
-    return pl.concat_str(dt.dt.strftime("%Y-%m-%dT%H:%M:%S"), digits, pl.lit("Z"))
+    return pl.concat_str(pl.lit(prefix), dt.dt.strftime("%Y-%m-%dT%H:%M:%S"), digits, pl.lit("Z" + suffix))
 
 
 def format_micros(micros: int) -> str:
