@@ -21,7 +21,7 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-from .checkpoint import CHECKPOINTS, Checkpoints, killpoint, read_json
+from .checkpoint import CHECKPOINTS, Checkpoints, fsync_path, killpoint, read_json
 from .errors import OutputError, UsageError
 
 log = logging.getLogger("pipeline")
@@ -89,7 +89,7 @@ class Staging:
         interrupt (SIGINT, SIGTERM, SIGHUP) that arrives while the folders are
         being swapped is taken as arriving after it (ignored; the run is done).
         """
-        _fsync_dir(self.path)
+        fsync_path(self.path)
         old: Path | None = None
         with _signals_deferred():
             if self.out.exists():
@@ -110,7 +110,7 @@ class Staging:
             killpoint("published")
         warnings = []
         try:
-            _fsync_dir(self.out.parent)
+            fsync_path(self.out.parent)
         except OSError as e:
             warnings.append(f"could not flush {self.out.parent} to disk: {e.strerror}")
         if old is not None:
@@ -296,11 +296,3 @@ def _exchange(a: Path, b: Path) -> bool:
     if err in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP):
         return False
     raise OSError(err, os.strerror(err), str(b))
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

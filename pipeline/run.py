@@ -503,36 +503,13 @@ class _Stream:
     retries: int = 0  # retries of a locked archive
 
 
-def _write_all(
-    db: Archive,
-    folder: Path,
-    rtype: RecordType,
-    formats: Sequence[str],
-    filters: Filters,
-    batch_size: int,
-    batch_bytes: int,
-    progress: Progress,
-    budget: _Budget,
-    checkpoints: Checkpoints | None = None,
-) -> _Stream:
-    """Convert while reading, sort what was converted, then write it in export order.
-
-    The archive is read in table order by a reader thread while this thread
-    converts each page (the conversion is row by row, so its place in the
-    order does not matter); the converted rows go to an external sort by
-    (instant, key) and come back bucket by bucket for the sinks.
-
-    With ``checkpoints``, the stream records where it stands at most every
-    ``checkpoints.interval`` seconds: while converting, the last page of a
-    prefix of pages all of whose rows are in the sort's files (and those files'
-    sizes); while writing, the next bucket and the output files' sizes. A
-    checkpoint left by a killed run is continued from; see pipeline.checkpoint.
-    """
-    args = (db, folder, rtype, formats, filters, batch_size, batch_bytes, progress, budget, checkpoints)
+def _write_all(*args: object, **kwargs: object) -> _Stream:
+    """``_write_records`` from the stream's checkpoint, or from the start if its files are not
+    as the checkpoint says."""
     try:
-        return _write_records(*args, resume=True)
-    except _StartOver:  # a checkpoint whose files are not as it says
-        return _write_records(*args, resume=False)
+        return _write_records(*args, **kwargs, resume=True)  # type: ignore[arg-type]
+    except _StartOver:
+        return _write_records(*args, **kwargs, resume=False)  # type: ignore[arg-type]
 
 
 def _write_records(
@@ -545,9 +522,23 @@ def _write_records(
     batch_bytes: int,
     progress: Progress,
     budget: _Budget,
-    checkpoints: Checkpoints | None,
-    resume: bool,
+    checkpoints: Checkpoints | None = None,
+    resume: bool = False,
 ) -> _Stream:
+    """Convert while reading, sort what was converted, then write it in export order.
+
+    The archive is read in table order by a reader thread while this thread
+    converts each page (the conversion is row by row, so its place in the
+    order does not matter); the converted rows go to an external sort by
+    (instant, key) and come back bucket by bucket for the sinks.
+
+    With ``checkpoints``, the stream records where it stands at most every
+    ``checkpoints.interval`` seconds: while converting, the last page of a
+    prefix of pages all of whose rows are in the sort's files (and those files'
+    sizes); while writing, the next bucket and the output files' sizes. With
+    ``resume``, a checkpoint left by a killed run is continued from (see
+    pipeline.checkpoint); _StartOver if its files are not as it says.
+    """
     wanted = frozenset(formats)
     name = rtype.name
     spill = folder / f".spill-{name}"  # this stream's sort files
