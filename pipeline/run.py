@@ -896,26 +896,27 @@ def _convert_all(
     taken are exactly that prefix: a checkpoint can name it); else None.
     """
     running: set[Future[tuple[pa.Table, pa.Table]]] = set()
-    order: collections.deque[tuple[Position, Future[tuple[pa.Table, pa.Table]]]] = collections.deque()
-    info: dict[Future[tuple[pa.Table, pa.Table]], tuple[Position, int]] = {}
-    taken: set[Future[tuple[pa.Table, pa.Table]]] = set()
+    # Pages by number, in submission order; a taken future is not kept (it holds its result).
+    order: collections.deque[tuple[int, Position]] = collections.deque()
+    info: dict[Future[tuple[pa.Table, pa.Table]], tuple[int, Position, int]] = {}
+    taken: set[int] = set()
 
     def take(f: Future[tuple[pa.Table, pa.Table]]) -> tuple[Position, int, Position | None, tuple[pa.Table, pa.Table]]:
         result = f.result()
-        taken.add(f)
+        number, position, n = info.pop(f)
+        taken.add(number)
         settled = None
-        while order and order[0][1] in taken:
-            settled, done = order.popleft()
+        while order and order[0][0] in taken:
+            done, settled = order.popleft()
             taken.discard(done)
-        position, n = info.pop(f)
         return position, n, settled if not taken else None, result
 
     try:
-        for page in pages:
+        for number, page in enumerate(pages):
             future = pool.submit(_convert, rtype, page, formats)
             position = Position.of(page)
-            info[future] = (position, page.num_rows)
-            order.append((position, future))
+            info[future] = (number, position, page.num_rows)
+            order.append((number, position))
             running.add(future)
             if len(running) >= CONVERTERS:
                 done, running = wait(running, return_when=FIRST_COMPLETED)
