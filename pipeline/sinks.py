@@ -9,8 +9,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-import queue
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,9 +41,6 @@ class _HashingFile:
         self._hash = hashlib.sha256()
         self.size = 0
         self.closed = False
-        self._queue: queue.Queue[memoryview | None] | None = None
-        self._thread: threading.Thread | None = None
-        self._error: BaseException | None = None
         if resume is None:
             self._f = open(path, "xb")  # noqa: SIM115 - closed by close()/abort()
             return
@@ -66,61 +61,18 @@ class _HashingFile:
             self._f.close()
             raise
 
-    def write(self, data: bytes | memoryview | pa.Buffer, owned: bool = False) -> int:
-        """Queue ``data`` for the writer thread (which writes and hashes it while the caller
-        encodes the next chunk: both release the GIL); a write error from earlier is raised
-        here or by the next ``flush``/``finish``. At most two pieces wait. The data is copied
-        unless ``owned`` (bytes, or a buffer nobody writes to again): pyarrow's CSV writer
-        hands over a buffer it reuses for the next batch."""
-        view = memoryview(data) if owned or isinstance(data, bytes) else memoryview(bytes(memoryview(data)))
-        self._raise_error()
-        if self._thread is None:
-            self._queue = queue.Queue(maxsize=2)
-            self._thread = threading.Thread(target=self._run, name=f"write {self.path.name}", daemon=True)
-            self._thread.start()
-        self._queue.put(view)  # type: ignore[union-attr]
+    def write(self, data: bytes | memoryview | pa.Buffer) -> int:
+        view = memoryview(data)
+        self._f.write(view)
+        self._hash.update(view)
         self.size += view.nbytes
         return view.nbytes
 
-    def _run(self) -> None:
-        assert self._queue is not None
-        while True:
-            view = self._queue.get()
-            try:
-                if view is None:
-                    return
-                if self._error is None:
-                    self._f.write(view)
-                    self._hash.update(view)
-            except BaseException as e:  # raised in the caller's thread
-                self._error = e
-            finally:
-                self._queue.task_done()
-
-    def _wait(self) -> None:
-        """Until every queued piece is written; then any write error."""
-        if self._queue is not None:
-            self._queue.join()
-        self._raise_error()
-
-    def _raise_error(self) -> None:
-        if self._error is not None:
-            raise self._error
-
-    def _stop(self) -> None:
-        if self._thread is not None:
-            self._queue.put(None)  # type: ignore[union-attr]
-            self._thread.join()
-            self._thread = None
-
     def flush(self) -> None:
-        self._wait()
         self._f.flush()
 
     def finish(self) -> str:
         """Flush to disk (fsync) and close; return the hex digest."""
-        self._wait()
-        self._stop()
         self._f.flush()
         os.fsync(self._f.fileno())
         self._f.close()
@@ -128,7 +80,6 @@ class _HashingFile:
         return self._hash.hexdigest()
 
     def discard(self) -> None:
-        self._stop()
         if not self._f.closed:
             with contextlib.suppress(OSError):  # the disk may be full; the file goes either way
                 self._f.close()
@@ -209,7 +160,7 @@ class NdjsonSink(Sink):
 
     def _write(self, batch: pa.RecordBatch) -> None:
         if batch.num_rows:
-            self._file.write(_joined(batch, "\n"), owned=True)
+            self._file.write(_joined(batch, "\n"))
             self._file.write(b"\n")
 
 
@@ -219,7 +170,7 @@ class JsonArraySink(Sink):
     def _write(self, batch: pa.RecordBatch) -> None:
         if batch.num_rows:
             self._file.write(b",\n" if self.records else b"[\n")
-            self._file.write(_joined(batch, ",\n"), owned=True)
+            self._file.write(_joined(batch, ",\n"))
 
     def _finish(self) -> None:
         self._file.write(b"\n]\n" if self.records else b"[]\n")

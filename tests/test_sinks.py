@@ -8,7 +8,6 @@ import io
 import json
 
 import pyarrow as pa
-import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -93,44 +92,3 @@ def test_abort_removes_the_file(tmp_path):
     sink.write(_json_batch([{"a": 1}]))
     sink.abort()
     assert not (tmp_path / "x.ndjson").exists()
-
-
-def test_a_write_error_on_the_writer_thread_reaches_the_caller(tmp_path):
-    """Writes happen on a background thread; a full disk there fails the next call, and the
-    file can still be discarded."""
-    import errno
-
-    from pipeline.sinks import _HashingFile
-
-    f = _HashingFile(tmp_path / "x.json")
-    real = f._f
-
-    class Full:
-        def write(self, data):
-            raise OSError(errno.ENOSPC, "No space left on device")
-
-        def __getattr__(self, name):
-            return getattr(real, name)
-
-    f.write(b"fine")
-    f.flush()
-    f._f = Full()
-    f.write(b"lost")
-    with pytest.raises(OSError, match="No space left"):
-        f.finish()
-    f._f = real
-    f.discard()
-    assert not (tmp_path / "x.json").exists()
-
-
-def test_csv_bytes_survive_the_writer_reusing_its_buffer(tmp_path):
-    """pyarrow's CSV writer reuses its buffer for the next batch: what was queued is a copy."""
-    schema = pa.schema([("a", pa.string())])
-    sink = CsvSink(tmp_path, "x.csv", schema)
-    rows = [f"row {i} " + "x" * (i % 50) for i in range(20_000)]
-    for start in range(0, len(rows), 1000):
-        sink.write(pa.record_batch([pa.array(rows[start : start + 1000])], schema=schema))
-    result = sink.close()
-    data = (tmp_path / "x.csv").read_bytes()
-    assert data == ("\ufeff" + '"a"\n' + "".join(f'"{r}"\n' for r in rows)).encode()
-    assert result.sha256 == hashlib.sha256(data).hexdigest() and result.size_bytes == len(data)
