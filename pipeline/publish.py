@@ -187,10 +187,14 @@ def restore_aside(out: Path) -> list[str]:
     messages = []
     for p in stale_folders(out):
         if ".old-" in p.name and not out.exists():
-            os.rename(p, out)
-            messages.append(f"put back the earlier export {out}, which a killed run had moved to {p.name}")
+            messages.append(_put_back(p, out))
             log.warning("%s", messages[-1])
     return messages
+
+
+def _put_back(aside: Path, out: Path) -> str:
+    os.rename(aside, out)
+    return f"put back the earlier export {out}, which a killed run had moved to {aside.name}"
 
 
 def clean(out: Path) -> tuple[list[str], bool]:
@@ -210,8 +214,7 @@ def _remove(out: Path, folders: list[Path]) -> list[tuple[str, bool]]:
             continue
         try:
             if ".old-" in p.name and not out.exists():
-                os.rename(p, out)
-                messages.append((f"put back the earlier export {out}, which a killed run had moved to {p.name}", True))
+                messages.append((_put_back(p, out), True))
                 continue
             resumable = (p / CHECKPOINTS).is_dir()
             shutil.rmtree(p)
