@@ -24,7 +24,10 @@ def _tune_memory() -> None:
     os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "system")
     # Polars' jemalloc keeps freed extents mapped (retain) and purges lazily; a
     # service profiling with memray sees that as held: unmap them, decay in 1 s.
-    os.environ.setdefault("_RJEM_MALLOC_CONF", "retain:false,dirty_decay_ms:1000,muzzy_decay_ms:0")
+    # One arena: by default each of its 4 x cores arenas keeps its own dirty pages
+    # (1M posts to NDJSON: memray peak 311-331 MiB with the default, 241-247 MiB with
+    # one arena, same speed; docs/decisions.md "Memory").
+    os.environ.setdefault("_RJEM_MALLOC_CONF", "retain:false,dirty_decay_ms:1000,muzzy_decay_ms:0,narenas:1")
     # glibc gives each thread its own malloc arena; with reader and converter
     # threads that fragments memory (1M posts, all formats: peak RSS 532 → 432 MB).
     name = ctypes.util.find_library("c")

@@ -68,8 +68,13 @@ def markdown(results: dict) -> str:
         f"Python {m['python']}, pyarrow {m['pyarrow']}, polars {m['polars']}, sqlite3 {m['sqlite3_cli']}, "
         f"sqlite-utils {m['sqlite-utils']}; commit {m['git_commit']}{' + local changes' if m['git_dirty'] else ''}. "
         f"Posts only (`--types posts`), warm page cache, best / median of {o['runs']} interleaved "
-        f"run(s); ratio = peer time / our best time (above 1: we are faster); memray peak of a separate run; "
-        f"peak RSS = os.wait4's ru_maxrss. `benchmarks/results/latest.json` has every run.",
+        f"run(s); ratio = peer time / our best time (above 1: we are faster); "
+        + (
+            f"memray peak = median of {o['memray_runs']} separate runs; "
+            if o.get("memray_runs", 1) > 1
+            else "memray peak of a separate run; "
+        )
+        + "peak RSS = os.wait4's ru_maxrss. `benchmarks/results/latest.json` has every run.",
         "",
     ]
     for label, a in results["archives"].items():

@@ -45,7 +45,7 @@ from .source import Archive, Filters, Position, Reads, RecordSource, key_range, 
 log = logging.getLogger("pipeline")
 FORMATS = tuple(SINKS)
 DEFAULT_FORMATS = ("csv", "json")
-_PREFETCH = 2
+_PREFETCH = 1
 CONVERTERS = min(2, os.cpu_count() or 1)
 WRITE_ROWS = 16_384
 T = TypeVar("T")
