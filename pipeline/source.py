@@ -62,6 +62,11 @@ BATCH_BYTES = 64 * 2**20  # the most a page or a batch holds, however large its 
 PAGES_PER_BATCH = 4
 HUGE_PAGES_PER_BATCH = 8
 HUGE_ROW = 1 / 64
+# Called (from a reader thread) the first time a page holds a huge row. The CLI sets
+# it to make glibc unmap large blocks when freed (cli.py ``_huge_rows``): a process-wide
+# allocator setting that a library should not change behind its caller's back.
+on_huge_rows: Callable[[], None] | None = None
+_huge_rows_seen = False
 _ROW_OVERHEAD = 8  # bytes per cell beside its text (offsets, validity), for the page budget
 
 
@@ -497,6 +502,7 @@ class RecordSource:
                 fit = int(ends.search_sorted(base + budget, side="right")) - start
                 if (row_bytes.slice(start, max(1, fit)).max() or 0) > huge_row:  # type: ignore[operator]
                     fit = int(ends.search_sorted(base + huge_budget, side="right")) - start
+                    _huge_rows()
                 last = rids[start + max(1, fit) - 1]
                 params = [pa.array([after], pa.int64()), pa.array([last], pa.int64())]
                 if f.did is not None:
@@ -551,6 +557,13 @@ class RecordSource:
         """One output batch; its key range rides along in the schema metadata for error messages."""
         batch = table.drop_columns([NINST]).to_batches(max_chunksize=None)[0]
         return batch.replace_schema_metadata(range_metadata(table, self.rtype.key))
+
+
+def _huge_rows() -> None:
+    global _huge_rows_seen
+    if not _huge_rows_seen and on_huge_rows is not None:
+        _huge_rows_seen = True
+        on_huge_rows()
 
 
 def row_bytes(table: pa.Table) -> pl.Series:

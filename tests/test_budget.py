@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from test_export import check_export
 
 from pipeline import POSTS, Archive, Filters
+from pipeline import source as source_module
 from pipeline.source import HUGE_PAGES_PER_BATCH, HUGE_ROW, PAGES_PER_BATCH, RecordSource, rebatch
 
 MIB = 2**20
@@ -95,6 +96,20 @@ def test_pages_and_batches_stay_within_budget(huge_rows):
         whole = pa.Table.from_batches(list(source)).replace_schema_metadata()
         source.close()
     assert pa.Table.from_batches(batches).replace_schema_metadata().equals(whole)
+
+
+def test_huge_rows_call_the_allocator_hook_once(fixture_archive, huge_rows, monkeypatch):
+    """The CLI's hook (glibc unmaps large blocks when freed) runs once huge rows are read,
+    never for ordinary ones."""
+    calls = []
+    monkeypatch.setattr(source_module, "on_huge_rows", lambda: calls.append(1))
+    monkeypatch.setattr(source_module, "_huge_rows_seen", False)
+    for db, expected in ((fixture_archive, []), (huge_rows, [1])):
+        with Archive(db) as archive:
+            source = RecordSource(archive, POSTS, Filters(), 1000, batch_bytes=MIB)
+            assert sum(p.num_rows for p in source.pages()) > 1000
+            source.close()
+        assert calls == expected, db
 
 
 def test_export_with_huge_rows_matches_oracle(huge_rows, tmp_path):
