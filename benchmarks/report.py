@@ -70,7 +70,7 @@ def markdown(results: dict) -> str:
         f"Posts only (`--types posts`), warm page cache, best / median of {o['runs']} interleaved "
         f"run(s); ratio = peer time / our best time (above 1: we are faster); "
         + (
-            f"memray peak = median of {o['memray_runs']} separate runs; "
+            f"memray peak = median of {o['memray_runs']} separate runs (one run in the --jobs table); "
             if o.get("memray_runs", 1) > 1
             else "memray peak of a separate run; "
         )

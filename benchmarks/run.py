@@ -96,9 +96,12 @@ def _summary(runs: list[Run], posts: int) -> dict[str, object]:
 
 def _memray(label: str, db: Path, work: Path, fmt: str, runs: int) -> dict[str, object]:
     """memray's peak of ``runs`` exports of ``fmt``, one process each: the median (one run's
-    peak varies by about ±10%), every run's peak, and the largest peak RSS."""
+    peak varies by about ±10%) as ``memray_peak_bytes`` (None if a run failed), every run's
+    peak, the largest peak RSS and the wall times of those runs (not the timed runs')."""
     peaks: list[int] = []
-    result: dict[str, object] = {"memray_peak_bytes": None, "error": None}
+    rss: list[int] = []
+    walls: list[float] = []
+    error = None
     for i in range(runs):
         t0 = time.perf_counter()
         peak, r = memray_peak(db, work, tuple(fmt.split("+")), timeout=OURS_TIMEOUT_S * 3)
@@ -107,14 +110,19 @@ def _memray(label: str, db: Path, work: Path, fmt: str, runs: int) -> dict[str, 
             + (f"peak {peak / 2**20:.0f} MiB, RSS {r.rss_kib / 1024:.0f} MiB" if peak else f"FAILED {r.error}")
             + f" ({time.perf_counter() - t0:.0f} s)"
         )
+        rss.append(r.rss_kib)
+        walls.append(round(r.wall, 3))
         if peak is None:
-            return {"memray_peak_bytes": None, "rss_kib": r.rss_kib, "wall_s": round(r.wall, 3), "error": r.error}
+            error = r.error or "no peak recorded"
+            break
         peaks.append(peak)
-        result["rss_kib"] = max(int(result.get("rss_kib") or 0), r.rss_kib)
-        result["wall_s"] = round(r.wall, 3)
-    result["memray_peak_bytes"] = round(statistics.median(peaks))
-    result["memray_peaks_bytes"] = peaks
-    return result
+    return {
+        "memray_peak_bytes": None if error else round(statistics.median(peaks)),
+        "memray_peaks_bytes": peaks,
+        "memray_rss_kib": max(rss),
+        "memray_wall_s": walls,
+        "memray_error": error,
+    }
 
 
 def bench_archive(
@@ -232,7 +240,7 @@ def bench_jobs(db: Path, runs: int, work: Path) -> dict[str, object]:
     result: dict[str, object] = {"archive": str(db), "formats": list(formats), "jobs": {}}
     for j in JOBS:
         peak, r = memray_peak(db, work, formats, ("--ops", "--jobs", str(j)), timeout=OURS_TIMEOUT_S * 3)
-        log(f"jobs memray --jobs {j}: " + (f"peak {peak / 2**20:.0f} MiB" if peak else f"FAILED {r.error}"))
+        log(f"jobs memray --jobs {j} (one run): " + (f"peak {peak / 2**20:.0f} MiB" if peak else f"FAILED {r.error}"))
         ok = [x for x in times[j] if x.ok]
         result["jobs"][str(j)] = {  # type: ignore[index]
             **_runs_json(ok),
@@ -257,7 +265,8 @@ def check(results: dict[str, object]) -> list[dict[str, object]]:
     for label, a in archives.items():
         for fmt, o in a["ours"].items():
             if o["status"] != "ok" or o.get("memray_peak_bytes") is None:
-                add(f"{label} {fmt}: export runs", False, "; ".join(filter(None, [*o.get("errors", []), o["error"]])))
+                errors = [*o.get("errors", []), o.get("memray_error", o.get("error"))]
+                add(f"{label} {fmt}: export runs", False, "; ".join(filter(None, errors)))
                 continue
             peak = o["memray_peak_bytes"]
             add(

@@ -112,6 +112,42 @@ def test_huge_rows_call_the_allocator_hook_once(fixture_archive, huge_rows, monk
         assert calls == expected, db
 
 
+def test_the_command_installs_the_hook_and_it_lowers_the_mmap_threshold(huge_rows, tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    import cli
+
+    calls = []
+    monkeypatch.setattr(cli, "_huge_rows", lambda: calls.append("hook"))
+    monkeypatch.setattr(source_module, "on_huge_rows", None)
+    monkeypatch.setattr(source_module, "_huge_rows_seen", False)
+    monkeypatch.setattr(cli.signal, "signal", lambda *a: None)  # keep pytest's handlers
+    args = ["run", "export", str(huge_rows), "--out", str(tmp_path / "o"), "-f", "csv", "--batch-bytes", "1M", "-q"]
+    result = CliRunner().invoke(cli.app, args)
+    assert result.exit_code == 0, result.output
+    assert calls == ["hook"]
+
+    class Libc:
+        def __init__(self, name: str):
+            self.name = name
+
+        def mallopt(self, param: int, value: int) -> int:
+            calls.append((param, value))
+            return 1
+
+    monkeypatch.undo()
+    monkeypatch.setattr(cli.ctypes, "CDLL", Libc)
+    monkeypatch.setattr(cli.ctypes.util, "find_library", lambda name: "libc.so.6")
+    monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_", raising=False)
+    monkeypatch.delenv("GLIBC_TUNABLES", raising=False)
+    calls.clear()
+    cli._huge_rows()
+    assert calls == [(-3, 2**20)]  # M_MMAP_THRESHOLD, 1 MiB
+    monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.mmap_threshold=65536")
+    cli._huge_rows()  # the user's own setting stands
+    assert calls == [(-3, 2**20)]
+
+
 def test_export_with_huge_rows_matches_oracle(huge_rows, tmp_path):
     formats = ["csv", "json", "ndjson"]
     fmts = [x for f in formats for x in ("-f", f)]
