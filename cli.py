@@ -40,7 +40,8 @@ def _huge_rows() -> None:
     """Called once a huge row (over 1/64 of --batch-bytes) is read: from then on glibc maps
     each block of 1 MiB or more on its own and unmaps it when freed. By default its mmap
     threshold rises to the largest block freed, so huge values come from the heap, which
-    keeps them (2,000 posts of 1.5 MB to JSON: peak RSS 630 MB, 402 MB with this, same time).
+    keeps them (2,000 posts of 1.5 MB to JSON: peak RSS 535-602 MB, 354-388 MB with this,
+    at 10-20% more time: each value is mapped and unmapped on each of its copies).
     Not set from the start: on ordinary archives it costs 2 s of system time per 1M
     posts to JSON (pages' buffers of 1-16 MB mapped afresh each time)."""
     name = ctypes.util.find_library("c")
