@@ -454,13 +454,15 @@ def _json_fragment(col: Column) -> pl.Expr:
     """``"key":value`` for one column, or null where the key is left out."""
     v = pl.col(col.name)
     raw = v if col.kind == "text" else pl.col(RAW + col.name)
-    key = pl.lit(json.dumps(col.name, ensure_ascii=False) + ":")
+    name = json.dumps(col.name, ensure_ascii=False)
+    key = pl.lit(name + ":")
     if col.kind == "text":
         frag = _json_string(v, col.name)
     elif col.kind == "timestamp":
         # An instant needs no escaping: key and quotes go on as it is formatted (the
-        # encoder's pass cost 40% of the fragment); the stored text of a reject is encoded.
-        quoted = format_instant(v, fraction=True, prefix=json.dumps(col.name, ensure_ascii=False) + ':"', suffix='"')
+        # encoder's pass cost 40% of the fragment). Only the stored text of a reject (or
+        # null) is encoded: the other rows are masked so the encoder skips them.
+        quoted = format_instant(v, fraction=True, prefix=name + ':"', suffix='"')
         frag = pl.when(v.is_not_null()).then(quoted).otherwise(_json_string(pl.when(v.is_null()).then(raw), col.name))
     else:
         if col.kind == "int":
