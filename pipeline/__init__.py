@@ -7,7 +7,7 @@ sinks write them. ``export`` wires them together as the CLI does.
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 from . import transforms  # noqa: E402
 from .errors import ArchiveError, ExportError, OutputError, PipelineError, UsageError  # noqa: E402

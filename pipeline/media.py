@@ -86,14 +86,8 @@ def media_rows(archive: Archive, filters: Filters) -> pl.DataFrame:
     schema = pa.schema([*((n, pa.binary()) for n in ("hash", "mime_type", "file_path")), ("created_at", pa.string())])
     df = pl.from_arrow(table.cast(schema))
     assert isinstance(df, pl.DataFrame)
-    if filters.since is not None or filters.until is not None:
-        inst = parse_instants(df.get_column("created_at"))
-        keep = inst.is_not_null()
-        if filters.since is not None:
-            keep &= inst >= filters.since
-        if filters.until is not None:
-            keep &= inst <= filters.until
-        df = df.filter(keep.fill_null(False))
+    if filters.timed:
+        df = df.filter(filters.keep(*parse_instants(df.get_column("created_at"))))
     df = df.drop("created_at").sort("hash", "file_path", "mime_type", nulls_last=True)  # which row of a hash: fixed
     return df.unique("hash", keep="first", maintain_order=True)
 

@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, FIRST_EXCEPTION, Future, ThreadPoolExecutor, as_completed, wait
 from dataclasses import asdict, dataclass, field, replace
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TypeVar
 
@@ -39,8 +39,8 @@ from .progress import Progress, Streams
 from .publish import MANIFEST, TOOL, Staging, clean, restore_aside, stale_folders
 from .records import COLLECTION_TYPES, OP_ACTIONS, OPS, RECORD_TYPES, RecordType
 from .sinks import SINKS, FileResult, NdjsonSink, Sink, concat_files
-from .sort import NINST
-from .source import Archive, Filters, Position, Reads, RecordSource, key_range, range_metadata
+from .sort import NINST, NSUB
+from .source import Archive, Filters, Position, Reads, RecordSource, iso_bound, key_range, range_metadata
 
 log = logging.getLogger("pipeline")
 FORMATS = tuple(SINKS)
@@ -67,13 +67,6 @@ class ExportResult:
     media_refused: int = 0  # listed in the manifest: file_path outside the archive's folder, unsafe hash
     skipped: bool = False  # --skip-unchanged found this export in ``out`` already: nothing was written
     metrics: dict[str, object] = field(default_factory=dict, repr=False)  # metrics.json: per stream, the run
-
-
-def _iso(micros: int | None) -> str | None:
-    if micros is None:
-        return None
-    dt = datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=micros)
-    return dt.isoformat().replace("+00:00", "Z")
 
 
 def default_out(archive: Path, now: datetime | None = None) -> Path:
@@ -249,7 +242,7 @@ def export(
                 "version": __version__,
                 "exported_at": datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
                 "archive": {"path": str(archive_path.resolve()), "size_bytes": archive_path.stat().st_size},
-                "filters": {"did": did, "since": _iso(lo), "until": _iso(hi)},
+                "filters": {"did": did, "since": iso_bound(lo), "until": iso_bound(hi)},
                 "formats": list(formats),
                 "types": [r.name for r in rtypes],
                 "records": records,
@@ -425,7 +418,7 @@ def fingerprint(
         "types": list(types),
         "ops": ops,
         "include_media": include_media,
-        "filters": {"did": filters.did, "since": _iso(filters.since), "until": _iso(filters.until)},
+        "filters": {"did": filters.did, "since": iso_bound(filters.since), "until": iso_bound(filters.until)},
     }
     digest = hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()
     return {"sha256": digest, **inputs}
@@ -571,7 +564,7 @@ def _write_records(
     pages_read, rejected = (int(state["pages"]), int(state["rejected"])) if state else (0, 0)
     try:
         key = _sort_key(rtype, wanted)
-        with source.sorter([NINST, key]) as rows, source.sorter([NINST, KEY, "_col"]) as bad:
+        with source.sorter([NINST, NSUB, key]) as rows, source.sorter([NINST, NSUB, KEY, "_col"]) as bad:
             if state is not None:
                 try:
                     rows.restore(state["rows"])
@@ -939,8 +932,8 @@ def _convert(rtype: RecordType, page: pa.Table, formats: frozenset[str]) -> tupl
         raise ExportError(
             f"converting rows failed: {e}", record_type=rtype.name, key_range=_page_range(page, rtype.key)
         ) from e
-    ninst = page.column(NINST)
-    cols, names = [ninst], [NINST]
+    ninst, nsub = page.column(NINST), page.column(NSUB)
+    cols, names = [ninst, nsub], [NINST, NSUB]
     if _sort_key(rtype, formats) == KEY:
         cols.append(page.column(rtype.key))
         names.append(KEY)
@@ -952,7 +945,9 @@ def _convert(rtype: RecordType, page: pa.Table, formats: frozenset[str]) -> tupl
         names.append("json")
     converted = pa.Table.from_arrays(cols, names=names)
     bad = pa.Table.from_batches([out.rejects])
-    bad = bad.append_column(NINST, ninst.take(bad.column("_row"))).append_column(KEY, bad.column("key"))
+    rows = bad.column("_row")
+    bad = bad.append_column(NINST, ninst.take(rows)).append_column(NSUB, nsub.take(rows))
+    bad = bad.append_column(KEY, bad.column("key"))
     return converted, bad
 
 

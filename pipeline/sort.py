@@ -1,10 +1,10 @@
 """External sort by instant: bounded memory, sequential disk I/O.
 
 Rows arrive in any order, each with ``_ninst`` (minus its instant in µs, so
-ascending is newest first). A ``Plan`` cuts the instant range into buckets of
-about the same number of rows; ``BucketSorter.add`` routes each row to its
-bucket, spilled as Arrow IPC; ``sorted`` then reads one bucket at a time, sorts
-it and yields it. Memory holds one bucket; work is O(n log n).
+ascending is newest first) and ``_nsub`` (minus its nanoseconds past that µs).
+A ``Plan`` cuts the instant range into buckets of about the same number of rows;
+``BucketSorter.add`` routes each row to its bucket, spilled as Arrow IPC;
+``sorted`` then reads one bucket at a time, sorts it and yields it. Memory holds one bucket; work is O(n log n).
 """
 
 from __future__ import annotations
@@ -27,6 +27,8 @@ import pyarrow.ipc as ipc
 from .timestamps import format_micros
 
 NINST = "_ninst"
+# Minus the nanoseconds past the microsecond (0 to -999): sorts ties of ``_ninst`` newest first.
+NSUB = "_nsub"
 # Sorts after every real instant: rows whose time does not parse come last.
 UNPLACED = 2**63 - 1
 

@@ -27,7 +27,7 @@ import threading
 import time as _time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, time
+from datetime import date, datetime
 from pathlib import Path
 from typing import TypeVar
 
@@ -39,8 +39,8 @@ import pyarrow.compute as pc
 
 from .errors import ArchiveError, Cancelled, ExportError, UsageError
 from .records import RecordType
-from .sort import NINST, UNPLACED, BucketSorter, Plan
-from .timestamps import parse_instants
+from .sort import NINST, NSUB, UNPLACED, BucketSorter, Plan
+from .timestamps import day_nanos, format_nanos, in_range_nanos, parse_instants, to_nanos
 
 T = TypeVar("T")
 _SQLITE_MAGIC = b"SQLite format 3\x00"
@@ -72,7 +72,7 @@ _ROW_OVERHEAD = 8  # bytes per cell beside its text (offsets, validity), for the
 
 @dataclass(frozen=True)
 class Filters:
-    """Which rows to export: exact DID, inclusive instant bounds in µs since the epoch."""
+    """Which rows to export: exact DID, inclusive instant bounds in ns since the epoch (UTC)."""
 
     did: str | None = None
     since: int | None = None
@@ -82,37 +82,64 @@ class Filters:
     def parse(
         cls, did: str | None = None, since: str | datetime | None = None, until: str | datetime | None = None
     ) -> Filters:
-        """Filters from user input: dates or ISO 8601 date-times; a bare-date ``until`` means that day's end (UTC)."""
+        """Filters from user input: dates or date-times in any spelling the archive uses; a
+        bare-date ``until`` means that day's last nanosecond (UTC)."""
         lo = parse_bound(since, end_of_day=False, option="--since")
         hi = parse_bound(until, end_of_day=True, option="--until")
         if lo is not None and hi is not None and lo > hi:
             raise UsageError(f"--since ({since}) is after --until ({until})")
         return cls(did=did, since=lo, until=hi)
 
+    @property
+    def timed(self) -> bool:
+        return self.since is not None or self.until is not None
+
+    def keep(self, us: pl.Series, ns: pl.Series) -> pl.Series:
+        """Which instants (µs, ns past the µs) the time bounds keep; null instants are not kept."""
+        keep = us.is_not_null()
+        if self.since is not None:
+            lo_us, lo_ns = divmod(self.since, 1000)
+            keep &= (us > lo_us) | ((us == lo_us) & (ns >= lo_ns))
+        if self.until is not None:
+            hi_us, hi_ns = divmod(self.until, 1000)
+            keep &= (us < hi_us) | ((us == hi_us) & (ns <= hi_ns))
+        return keep.fill_null(False)
+
 
 def parse_bound(value: str | datetime | None, *, end_of_day: bool, option: str) -> int | None:
-    """A --since/--until value as µs since the epoch; a bare date --until means the day's end (UTC)."""
+    """A --since/--until value as ns since the epoch; a bare date --until means the day's end (UTC).
+
+    Date-times are read like the archive's own timestamps (RFC 3339, Go's form,
+    SQLite's, up to 9 fractional digits; no zone means UTC), then as any ISO 8601
+    date-time Python reads. The instant must lie in the years 0001–9999 UTC.
+    """
     if value is None:
         return None
     if isinstance(value, datetime):
-        dt = value
+        nanos = to_nanos(value)
     else:
         text = value.strip()
-        try:
-            try:  # a date alone, in any ISO 8601 spelling (2024-05-01, 20240501, 2024-W18-3)
-                day = date.fromisoformat(text)
-            except ValueError:
-                dt = datetime.fromisoformat(text.replace(" ", "T", 1))
-            else:
-                dt = datetime.combine(day, time.max if end_of_day else time.min)
+        try:  # a date alone, in any ISO 8601 spelling (2024-05-01, 20240501, 2024-W18-3)
+            nanos = day_nanos(date.fromisoformat(text), end=end_of_day)
         except ValueError:
-            raise UsageError(
-                f"{option}: cannot read {value!r} as a date (use YYYY-MM-DD or an ISO 8601 date-time)"
-            ) from None
-    if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=UTC)
-    delta = dt - datetime(1970, 1, 1, tzinfo=UTC)
-    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+            us, ns = parse_instants(pl.Series([text], dtype=pl.String), checked=False)
+            if us[0] is not None:
+                nanos = us[0] * 1000 + ns[0]
+            else:
+                try:
+                    nanos = to_nanos(datetime.fromisoformat(text.replace(" ", "T", 1)))
+                except ValueError:
+                    raise UsageError(
+                        f"{option}: cannot read {value!r} as a date (use YYYY-MM-DD or an ISO 8601 date-time)"
+                    ) from None
+    if not in_range_nanos(nanos):
+        raise UsageError(f"{option}: {value} is outside the years 0001-9999 in UTC; give a bound within them")
+    return nanos
+
+
+def iso_bound(nanos: int | None) -> str | None:
+    """A filter bound as the manifest writes it (RFC 3339 UTC, 0/3/6/9 digits)."""
+    return None if nanos is None else format_nanos(nanos)
 
 
 @dataclass(frozen=True)
@@ -418,7 +445,7 @@ class RecordSource:
                         break
                     rows += chunk.num_rows
                     sample = pl.from_arrow(chunk.column(0)).gather_every(PLAN_SAMPLE)  # type: ignore[union-attr]
-                    keep, ninst = self._placed(parse_instants(sample))
+                    keep, ninst, _ = self._placed(*parse_instants(sample))
                     counts.append(ninst.filter(keep).rename("k").value_counts(sort=False, name="n"))
             finally:
                 with lock:
@@ -428,30 +455,24 @@ class RecordSource:
         if not counts:
             return 0, Plan()
         per_key = pl.concat(counts).group_by("k").agg(pl.col("n").sum() * PLAN_SAMPLE).sort("k")
-        timed = f.since is not None or f.until is not None
+        timed = f.timed
         total = min(rows, int(per_key.get_column("n").sum())) if timed else rows
         all_rows = self._query_table(f"SELECT count(*) FROM main.{_quote(r.table)}", [], None, "planning")
         avg_bytes = max(64, self._archive_bytes // max(1, all_rows.column(0)[0].as_py()))
         plan = Plan.from_counts(per_key.get_column("k"), per_key.get_column("n"), max(1, bucket_bytes // avg_bytes))
         return total, plan
 
-    def _placed(self, inst: pl.Series) -> tuple[pl.Series, pl.Series]:
-        """(which rows the time filters keep, their ``_ninst``) for parsed instants.
+    def _placed(self, us: pl.Series, ns: pl.Series) -> tuple[pl.Series, pl.Series, pl.Series]:
+        """(which rows the time filters keep, their ``_ninst``, their ``_nsub``) for parsed
+        instants (µs, ns past the µs).
 
         Without a time filter every row is kept, those without an instant last
         (UNPLACED); with one, only rows whose instant is in range.
         """
         f = self.filters
-        if f.since is None and f.until is None:
-            keep = pl.select(pl.repeat(True, len(inst), dtype=pl.Boolean)).to_series()
-        else:
-            keep = inst.is_not_null()
-            if f.since is not None:
-                keep &= inst >= f.since
-            if f.until is not None:
-                keep &= inst <= f.until
-            keep = keep.fill_null(False)
-        return keep, (-inst).fill_null(UNPLACED)
+        everything = pl.select(pl.repeat(True, len(us), dtype=pl.Boolean)).to_series
+        keep = f.keep(us, ns) if f.timed else everything()
+        return keep, (-us).fill_null(UNPLACED), (-ns).fill_null(0)
 
     def pages(self) -> Iterator[pa.Table]:
         """The filtered rows in table order, in pages of at most ``PAGE_ROWS`` rows and
@@ -529,14 +550,14 @@ class RecordSource:
         """A page with ``_ninst`` (its rows' instants), without rows the time filters leave out
         (those without an instant are kept aside in ``unplaced``); ``_last_rows`` its rows."""
         r, f = self.rtype, self.filters
-        inst = parse_instants(_frame(page.select([r.time])).to_series())
-        keep, ninst = self._placed(inst)
-        if f.since is not None or f.until is not None:
-            dropped = inst.is_null()
+        us, ns = parse_instants(_frame(page.select([r.time])).to_series())
+        keep, ninst, nsub = self._placed(us, ns)
+        if f.timed:
+            dropped = us.is_null()
             if dropped.any():
                 self.unplaced.keys.extend(pl.from_arrow(page.column(r.key)).filter(dropped).to_list())  # type: ignore[union-attr]
                 self.unplaced.values.extend(pl.from_arrow(page.column(r.time)).filter(dropped).to_list())  # type: ignore[union-attr]
-        out = page.drop_columns(["_rid"]).append_column(NINST, ninst.to_arrow())
+        out = page.drop_columns(["_rid"]).append_column(NINST, ninst.to_arrow()).append_column(NSUB, nsub.to_arrow())
         if not keep.all():
             out = out.filter(keep.to_arrow())
         self._last_rows = out.num_rows
@@ -544,7 +565,8 @@ class RecordSource:
 
     def sorter(self, order: list[str] | None = None) -> BucketSorter:
         """An external sorter with this source's plan (default order: instant, then key)."""
-        return BucketSorter(self.plan, order or [NINST, self.rtype.key], self.spill_dir, 4 * self._bucket_bytes)
+        order = order or [NINST, NSUB, self.rtype.key]
+        return BucketSorter(self.plan, order, self.spill_dir, 4 * self._bucket_bytes)
 
     def __iter__(self) -> Iterator[pa.RecordBatch]:
         with self.sorter() as sorter:
@@ -555,7 +577,7 @@ class RecordSource:
 
     def _batch(self, table: pa.Table) -> pa.RecordBatch:
         """One output batch; its key range rides along in the schema metadata for error messages."""
-        batch = table.drop_columns([NINST]).to_batches(max_chunksize=None)[0]
+        batch = table.drop_columns([NINST, NSUB]).to_batches(max_chunksize=None)[0]
         return batch.replace_schema_metadata(range_metadata(table, self.rtype.key))
 
 

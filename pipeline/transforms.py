@@ -22,8 +22,8 @@ import pyarrow.compute as pc
 import pyarrow.json as pa_json
 
 from .records import Column, RecordType
-from .sort import NINST, UNPLACED
-from .timestamps import apply_steps, format_instant, instant_steps
+from .sort import NINST, NSUB, UNPLACED
+from .timestamps import apply_steps, format_instant, instant_steps, ns_column, out_of_range
 
 RAW = "_raw_"
 REJECT_SCHEMA = pa.schema(
@@ -36,11 +36,13 @@ REJECT_SCHEMA = pa.schema(
     ]
 )
 _REASONS = {
-    "timestamp": "not a timestamp this tool can read exactly (ISO 8601 / RFC 3339, at most microseconds)",
+    "timestamp": "not a timestamp (Go time.Time.String(), RFC 3339 / ISO 8601 or SQLite date-time, at most 9"
+    " fractional digits)",
     "int": "not an integer",
     "bool": "not a boolean (0/1)",
     "json": "malformed JSON",
 }
+OUT_OF_RANGE = "a timestamp outside the years 0001-9999 in UTC (RFC 3339 with Z cannot write it)"
 _IMAGES = pa.list_(pa.struct([("fullsize", pa.string())]))
 _MEDIA_TYPE = pa.struct(
     [
@@ -96,7 +98,8 @@ def reads(rtype: RecordType, formats: frozenset[str]) -> tuple[frozenset[str] | 
 def _plan(rtype: RecordType, formats: frozenset[str] = ALL_FORMATS, with_instant: bool = False) -> _Plan:
     """The expressions for ``rtype``, built once: only what ``formats`` write is converted
     (a CSV export neither parses ``labels`` nor reports rejects in it). ``with_instant``:
-    the batch carries the source's ``_ninst``, so the time column is not parsed again."""
+    the batch carries the source's ``_ninst`` and ``_nsub``, so the time column is not
+    parsed again."""
     media = "csv" in formats
     if formats & {"json", "ndjson"}:
         needed = set(rtype.column_names)
@@ -107,8 +110,8 @@ def _plan(rtype: RecordType, formats: frozenset[str] = ALL_FORMATS, with_instant
     steps: list[list[dict[str, pl.Expr]]] = [[{RAW + c.name: pl.col(c.name) for c in converted}]]
     for c in converted:
         if c.kind == "timestamp" and with_instant and c.name == rtype.time:
-            ninst = pl.col(NINST)
-            steps.append([{}, {c.name: pl.when(ninst != UNPLACED).then(-ninst)}])
+            placed = pl.col(NINST) != UNPLACED
+            steps.append([{}, {c.name: pl.when(placed).then(-pl.col(NINST)), ns_column(c.name): -pl.col(NSUB)}])
         elif c.kind == "timestamp":
             steps.append([{}, *instant_steps(RAW + c.name, c.name)])
         elif c.kind == "json" and media and c.name == _MEDIA_SOURCE:
@@ -302,13 +305,21 @@ def _rejects(plan: _Plan, rtype: RecordType, df: pl.DataFrame) -> pa.RecordBatch
                     key=pl.col(rtype.key),
                     column=pl.lit(col.name),
                     value=pl.col(RAW + col.name),
-                    reason=pl.lit(_REASONS[col.kind]),
+                    reason=_reason(col),
                 )
             )
     schema = pa.schema([("_row", pa.int64()), ("_col", pa.int64()), *REJECT_SCHEMA])
     if not parts:
         return pa.RecordBatch.from_pylist([], schema)
     return to_batch(pl.concat(parts).sort("_row", "_col")).cast(schema)
+
+
+def _reason(col: Column) -> pl.Expr:
+    """Why a cell of ``col`` is a reject (for a timestamp: not one, or out of range)."""
+    if col.kind != "timestamp":
+        return pl.lit(_REASONS[col.kind])
+    far = pl.col(RAW + col.name).map_batches(out_of_range, return_dtype=pl.Boolean)
+    return pl.when(far).then(pl.lit(OUT_OF_RANGE)).otherwise(pl.lit(_REASONS[col.kind]))
 
 
 def rejects(rtype: RecordType, typed_batch: pa.RecordBatch) -> pa.RecordBatch:
@@ -357,7 +368,8 @@ _JSON_AND_MEDIA = pl.Struct({"json": pl.String, "media": pl.String})
 
 
 def _media_files() -> pl.Expr:
-    """MediaFiles: media hashes from ``embed_data`` when ``has_media``, ``;``-separated."""
+    """MediaFiles: media hashes from ``embed_data`` when ``has_media``, ``;``-separated (each
+    URL's last path segment up to its first ``@``, as bskyarchive's export cuts it)."""
     return pl.when(pl.col("has_media")).then(pl.col(_MEDIA).struct.field("media")).otherwise(pl.lit(""))
 
 
@@ -417,9 +429,11 @@ def _fullsize_hashes(lists: pa.Array) -> pa.Array:
 
 
 def _hash_of(urls: pa.Array) -> pa.Array:
-    """A URL's last path segment, without its last ``@`` and what follows."""
-    last = pc.replace_substring_regex(urls, r"(?s)^.*/", "")
-    return pc.replace_substring_regex(last, r"(?s)@[^@]*$", "")
+    """A URL's media hash as bskyarchive cuts it: its last path segment up to the first ``@``;
+    null (no hash) for a URL without ``/`` or an empty hash."""
+    cut = pc.replace_substring_regex(urls, r"(?s)^.*/([^@]*).*$", r"\1")
+    keep = pc.and_(pc.match_substring(urls, "/"), pc.not_equal(cut, ""))
+    return pc.if_else(keep, cut, pa.scalar(None, pa.string()))
 
 
 def media_hashes(embed: object) -> list[str]:
@@ -439,7 +453,8 @@ def media_hashes(embed: object) -> list[str]:
     external = embed.get("external")
     if isinstance(external, dict) and isinstance(external.get("thumb"), str):
         urls.append(external["thumb"])
-    return [re.sub(r"@[^@/]*$", "", u.rsplit("/", 1)[-1]) for u in urls]
+    hashes = (u.rsplit("/", 1)[1].split("@", 1)[0] if "/" in u else "" for u in urls)
+    return [h for h in hashes if h]
 
 
 # --- JSON -----------------------------------------------------------------------------
@@ -462,7 +477,7 @@ def _json_fragment(col: Column) -> pl.Expr:
         # An instant needs no escaping: key and quotes go on as it is formatted (the
         # encoder's pass cost 40% of the fragment). Only the stored text of a reject (or
         # null) is encoded: the other rows are masked so the encoder skips them.
-        quoted = format_instant(v, fraction=True, prefix=name + ':"', suffix='"')
+        quoted = format_instant(v, pl.col(ns_column(col.name)), fraction=True, prefix=name + ':"', suffix='"')
         frag = pl.when(v.is_not_null()).then(quoted).otherwise(_json_string(pl.when(v.is_null()).then(raw), col.name))
     else:
         if col.kind == "int":

@@ -12,15 +12,20 @@ import math
 import re
 import sqlite3
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import date, datetime, timedelta
 
-EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+EPOCH = datetime(1970, 1, 1)
 TS = re.compile(
     r"\s*(\d{4})-(\d{2})-(\d{2})"
     r"(?:[Tt ](\d{2}):(\d{2})(?::(\d{2})(?:\.(\d{1,9}))?)?"
-    r"\s*(?:([Zz])|([+-])(\d{2})(?::?(\d{2}))?)?)?\s*",
+    r"\s*(?:([Zz])|([+-])(\d{2})(?::?(\d{2}))?"
+    # Go's time.Time.String(): a zone name (or numeric zone) and a monotonic clock reading, ignored
+    r"(?: (?:[A-Za-z][A-Za-z0-9_+-]{0,15}|[+-]\d{2,4})(?: m=[+-]\d{1,20}(?:\.\d{1,9})?)?)?"
+    r")?)?\s*",
     re.ASCII,
 )
+MIN_NS = -62_135_596_800 * 10**9  # 0001-01-01T00:00:00Z
+MAX_NS = 253_402_300_800 * 10**9 - 1  # 9999-12-31T23:59:59.999999999Z
 POST_COLUMNS = [
     "uri", "cid", "did", "text", "created_at", "indexed_at", "has_media", "like_count", "repost_count",
     "reply_count", "quote_count", "is_reply", "reply_parent", "embed_type", "embed_data", "labels", "archived_at",
@@ -32,40 +37,42 @@ CSV_HEADER = [
 
 
 def instant(value: object) -> int | None:
-    """µs since the epoch, or None when ``value`` is not a timestamp we read exactly."""
+    """ns since the epoch, or None when ``value`` is not a timestamp whose instant lies
+    in the years 0001-9999 (UTC)."""
     if not isinstance(value, str):
         return None
     m = TS.fullmatch(value)
     if not m:
         return None
     y, mo, d, hh, mm, ss, frac, z, sign, oh, om = m.groups()
-    frac = frac or ""
-    if frac[6:].strip("0"):
+    if int(hh or 0) > 23 or int(mm or 0) > 59 or int(ss or 0) > 59 or int(om or 0) > 59 or int(oh or 0) > 23:
         return None
     try:
-        tz = UTC
-        if sign:
-            if int(om or 0) > 59:
-                return None
-            off = timedelta(hours=int(oh), minutes=int(om or 0))
-            tz = timezone(off if sign == "+" else -off)
-        dt = datetime(int(y), int(mo), int(d), int(hh or 0), int(mm or 0), int(ss or 0),
-                      int((frac + "000000")[:6]), tzinfo=tz)  # fmt: skip
+        if int(y) == 0:  # datetime has no year 0: count from the same day 400 years on (same calendar)
+            day = date(400, int(mo), int(d)).toordinal() - 146_097
+        else:
+            day = date(int(y), int(mo), int(d)).toordinal()
     except ValueError:
         return None
-    delta = dt - EPOCH
-    return (delta.days * 86400 + delta.seconds) * 1_000_000 + delta.microseconds
+    seconds = (day - EPOCH.toordinal()) * 86400 + int(hh or 0) * 3600 + int(mm or 0) * 60 + int(ss or 0)
+    if sign:
+        offset = int(oh) * 3600 + int(om or 0) * 60
+        seconds -= offset if sign == "+" else -offset
+    ns = seconds * 10**9 + int((frac or "").ljust(9, "0"))
+    return ns if MIN_NS <= ns <= MAX_NS else None
 
 
-def rfc3339(micros: int, *, fraction: bool) -> str:
-    dt = EPOCH + timedelta(microseconds=micros)
+def rfc3339(nanos: int, *, fraction: bool) -> str:
+    seconds, sub = divmod(nanos, 10**9)
+    dt = EPOCH + timedelta(seconds=seconds)
     base = f"{dt.year:04d}-{dt.month:02d}-{dt.day:02d}T{dt.hour:02d}:{dt.minute:02d}:{dt.second:02d}"
-    us = dt.microsecond
-    if not fraction or us == 0:
+    if not fraction or sub == 0:
         return base + "Z"
-    if us % 1000 == 0:
-        return f"{base}.{us // 1000:03d}Z"
-    return f"{base}.{us:06d}Z"
+    if sub % 10**6 == 0:
+        return f"{base}.{sub // 10**6:03d}Z"
+    if sub % 1000 == 0:
+        return f"{base}.{sub // 1000:06d}Z"
+    return f"{base}.{sub:09d}Z"
 
 
 @dataclass(frozen=True)
@@ -81,6 +88,8 @@ def as_text(v: object) -> str | None:
         return None
     if isinstance(v, str):
         return v
+    if isinstance(v, bytes):  # a BLOB: CAST(... AS TEXT) reads its bytes as UTF-8
+        return v.decode("utf-8", errors="replace")
     if isinstance(v, float):
         return repr(v) if v != int(v) or abs(v) >= 1e15 else f"{v:.1f}"
     return str(v)
@@ -112,9 +121,12 @@ def media_hashes(embed: object) -> list[str]:
     if isinstance(embed.get("external"), dict) and isinstance(embed["external"].get("thumb"), str):
         urls.append(embed["external"]["thumb"])
     hashes = []
-    for u in urls:
-        seg = u.split("/")[-1]
-        hashes.append(seg.rsplit("@", 1)[0] if "@" in seg else seg)
+    for u in urls:  # bskyarchive's cut: the last path segment up to its first @; nothing without a / or a hash
+        if "/" not in u:
+            continue
+        h = u.rsplit("/", 1)[1].split("@", 1)[0]
+        if h:
+            hashes.append(h)
     return hashes
 
 

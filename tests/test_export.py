@@ -43,7 +43,7 @@ def _oracle_bounds(opts: dict[str, str]) -> dict[str, object]:
         out["since"] = instant(s if "T" in s else s + "T00:00:00Z")
     if "until" in opts:
         u = opts["until"]
-        out["until"] = instant(u) if "T" in u else instant(u + "T23:59:59.999999Z")
+        out["until"] = instant(u) if "T" in u else instant(u + "T23:59:59.999999999Z")
     return out
 
 

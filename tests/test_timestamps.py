@@ -10,8 +10,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from oracle import instant, rfc3339
 
-from pipeline.timestamps import format_instant
-from pipeline.timestamps import parse_instants as parse_instant
+from pipeline.timestamps import format_instant, format_nanos, parse_instants
+
+
+def parse_instant(values: pl.Series) -> pl.Series:
+    """ns since the epoch (µs and ns columns joined; Python ints: no overflow)."""
+    us, ns = parse_instants(values)
+    assert (us.is_null() == ns.is_null()).all()
+    return pl.Series([None if u is None else u * 1000 + n for u, n in zip(us, ns, strict=True)], dtype=pl.Object)
 
 instants = st.datetimes(min_value=datetime(1, 1, 2), max_value=datetime(9999, 12, 30), timezones=st.just(UTC))
 offsets = st.integers(min_value=-14 * 60, max_value=14 * 60).map(lambda m: timezone(timedelta(minutes=m)))
@@ -21,12 +27,15 @@ offsets = st.integers(min_value=-14 * 60, max_value=14 * 60).map(lambda m: timez
 def spellings(draw) -> str:
     """An instant spelled the ways archives spell them (the oracle decides what it denotes)."""
     dt = draw(instants)
-    style = draw(st.sampled_from(["Z", "offset", "offset-nocolon", "+00:00", "sqlite", "lower"]))
+    style = draw(st.sampled_from(["Z", "offset", "offset-nocolon", "+00:00", "sqlite", "lower", "go", "go-now"]))
     if style.startswith("offset"):
         with contextlib.suppress(OverflowError):
             dt = dt.astimezone(draw(offsets))
-    digits = draw(st.sampled_from([0, 1, 2, 3, 4, 5, 6, 7, 9]))
-    frac = f"{dt.microsecond:06d}" + draw(st.sampled_from(["000", "", "100"]))
+    if style.startswith("go"):
+        with contextlib.suppress(OverflowError):
+            dt = dt.astimezone(draw(offsets))
+    digits = draw(st.sampled_from([0, 1, 2, 3, 4, 5, 6, 7, 8, 9]))
+    frac = f"{dt.microsecond:06d}" + draw(st.sampled_from(["000", "", "100", "789", "001"]))
     text = f"{dt.year:04d}-{dt.month:02d}-{dt.day:02d}T{dt.hour:02d}:{dt.minute:02d}:{dt.second:02d}"
     if digits:
         text += "." + frac[:digits].ljust(digits, "0")
@@ -41,6 +50,12 @@ def spellings(draw) -> str:
     off = dt.utcoffset() or timedelta(0)
     sign = "-" if off < timedelta(0) else "+"
     mins = abs(int(off.total_seconds())) // 60
+    if style.startswith("go"):  # Go's time.Time.String(): fraction trimmed, zone name, monotonic clock
+        text = text.replace("T", " ").rstrip("0").rstrip(".") if "." in text else text.replace("T", " ")
+        zone = f"{sign}{mins // 60:02d}{mins % 60:02d}"
+        name = draw(st.sampled_from(["UTC", "PST", "PDT", "CEST", zone, "+09", "-03"]))
+        clock = f" m=+{draw(st.integers(0, 10**6))}.{draw(st.integers(0, 10**9 - 1)):09d}" if style == "go-now" else ""
+        return f"{text} {zone} {name}{clock}"
     sep = ":" if style == "offset" else ""
     return f"{text}{sign}{mins // 60:02d}{sep}{mins % 60:02d}"
 
@@ -81,13 +96,14 @@ def test_near_misses_agree_with_oracle(values):
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.lists(instants, min_size=1, max_size=40))
-def test_format_matches_oracle(dts):
-    micros = [instant(d.strftime("%Y-%m-%dT%H:%M:%S.%f").rjust(26, "0") + "Z") for d in dts]
-    df = pl.DataFrame({"u": micros}, schema={"u": pl.Int64})
-    out = df.select(j=format_instant(pl.col("u"), fraction=True), c=format_instant(pl.col("u"), fraction=False))
-    assert out["j"].to_list() == [rfc3339(m, fraction=True) for m in micros]
-    assert out["c"].to_list() == [rfc3339(m, fraction=False) for m in micros]
+@given(st.lists(st.tuples(instants, st.sampled_from([0, 1, 500, 999])), min_size=1, max_size=40))
+def test_format_matches_oracle(values):
+    nanos = [instant(d.strftime("%Y-%m-%dT%H:%M:%S.%f").rjust(26, "0") + f"{ns:03d}Z") for d, ns in values]
+    df = pl.DataFrame({"u": [n // 1000 for n in nanos], "n": [n % 1000 for n in nanos]})
+    us, ns = pl.col("u"), pl.col("n")
+    out = df.select(j=format_instant(us, ns, fraction=True), c=format_instant(us, ns, fraction=False))
+    assert out["j"].to_list() == [rfc3339(n, fraction=True) for n in nanos] == [format_nanos(n) for n in nanos]
+    assert out["c"].to_list() == [rfc3339(n, fraction=False) for n in nanos]
 
 
 def test_known_spellings():
@@ -100,16 +116,33 @@ def test_known_spellings():
         "2024-05-01T12:34:56.123456000Z": "2024-05-01T12:34:56.123456Z",
         "2024-05-01T07:34:56-05:00": "2024-05-01T12:34:56Z",
         "1969-12-31T23:59:59.5Z": "1969-12-31T23:59:59.500Z",
+        "2024-05-01T12:34:56.1234567Z": "2024-05-01T12:34:56.123456700Z",
+        # Go's time.Time.String(), as bskyarchive stores it
+        "2024-05-01 12:34:56.789 +0000 UTC": "2024-05-01T12:34:56.789Z",
+        "2024-05-01 21:34:56 +0900 +0900": "2024-05-01T12:34:56Z",
+        "2024-05-01 12:34:56 +0000 +0000": "2024-05-01T12:34:56Z",
+        "2025-11-11 20:03:08.093296684 -0800 PST m=+514.016063271": "2025-11-12T04:03:08.093296684Z",
+        "2025-07-11 20:03:08.0932 -0700 PDT m=+0.000000001": "2025-07-12T03:03:08.093200Z",
+        "0001-01-01 00:00:00 +0000 UTC": "0001-01-01T00:00:00Z",
+        "0000-12-31 23:00:00 -0100 -01": "0001-01-01T00:00:00Z",
+        "0500-06-01 01:02:03.123456789 -0300 -03": "0500-06-01T04:02:03.123456789Z",
+        "9999-12-31 23:59:59.999999999 +0000 UTC": "9999-12-31T23:59:59.999999999Z",
     }
     for text, want in cases.items():
-        micros = instant(text)
-        assert micros is not None
-        got = pl.select(format_instant(pl.lit(parse_instant(pl.Series([text]))[0]), fraction=True)).item()
-        assert got == want == rfc3339(micros, fraction=True)
+        nanos = instant(text)
+        assert nanos is not None, text
+        us, ns = parse_instants(pl.Series([text]))
+        got = pl.select(format_instant(pl.lit(us[0]), pl.lit(ns[0]), fraction=True)).item()
+        assert got == want == rfc3339(nanos, fraction=True), text
     bad_values = [
-        "not a date", "2024-13-45T00:00:00Z", "2024-02-30T00:00:00Z", "2024-05-01T12:34:56.1234567Z", "",
+        "not a date", "2024-13-45T00:00:00Z", "2024-02-30T00:00:00Z", "2024-05-01T12:34:56.1234567891Z", "",
         "2024-05-01T12:34:60Z", "2024-5-1", "0000-01-01T00:00:00Z", "2024-05-01T24:00:00Z",
         "2024-05-01T12:00:00+05:75", "\u0662\u0660\u0662\u0664-05-01", "\u00a02024-05-01",
+        # outside the years 0001-9999 once in UTC
+        "0001-01-01T00:00:00+14:00", "9999-12-31T23:59:59-12:00", "9999-12-31 23:00:00 -0100 -01",
+        # Go's form needs its numeric offset; a zone name alone, or a clock reading alone, is not it
+        "2024-05-01 12:34:56 UTC", "2024-05-01 12:34:56 +0000 m=+1.5", "2024-05-01 12:34:56 +0000 UTC m=",
+        "2024-02-30 10:00:00 +0000 UTC", "2024-05-01 12:34:60 +0000 UTC",
     ]  # fmt: skip
     for bad in bad_values:
         assert parse_instant(pl.Series([bad])).to_list() == [None] == [instant(bad)]
