@@ -109,6 +109,15 @@ def export_command(
         bool,
         typer.Option("--include-media", help="Also copy the exported posts' media files into media/<hash>.<ext>."),
     ] = False,
+    media_root: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option(
+            "--media-root",
+            help="Folder the media table's relative file paths start at."
+            " [default: the folder holding the archive's data/ folder (bskyarchive's layout), or the archive's folder]",
+            show_default=False,
+        ),
+    ] = None,
     jobs: Annotated[
         int | None,
         typer.Option(
@@ -119,7 +128,10 @@ def export_command(
             show_default=False,
         ),
     ] = None,  # noqa: UP045
-    did: Annotated[Optional[str], typer.Option(help="Only records of this DID (exact match).")] = None,  # noqa: UP045
+    did: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(help="Only records of this DID (exact match); 'self': the archive owner's (from profiles)."),
+    ] = None,
     since: Annotated[
         str | None,
         typer.Option(help="Only records created at or after this date/time (UTC unless an offset is given)."),
@@ -235,6 +247,7 @@ def export_command(
                 types=types,
                 ops=ops,
                 include_media=include_media,
+                media_root=media_root,
                 jobs=jobs,
                 did=did,
                 since=since,
@@ -349,6 +362,7 @@ class _Reporter:
                 files=[{"path": f.path, "records": f.records, "bytes": f.size_bytes} for f in result.files],
                 bytes=sum(f.size_bytes for f in result.files),
                 media=result.media,
+                posts_by_others=result.posts_by_others,
                 seconds=round(elapsed, 3),
             )
             return
@@ -376,8 +390,14 @@ class _Reporter:
                 rejects += (
                     f" ({result.media_missing:,} missing, {result.media_refused:,} refused: listed in manifest.json)"
                 )
+        others = ""
+        if result.posts_by_others:
+            others = (
+                f"; {result.posts_by_others:,} of the posts are by other accounts (reposts): --did self leaves them out"
+            )
         typer.echo(
-            f"Exported {total:,} records ({per_type}) to {result.out} ({files}) in {elapsed:.2f}s{rejects}", err=True
+            f"Exported {total:,} records ({per_type}) to {result.out} ({files}) in {elapsed:.2f}s{rejects}{others}",
+            err=True,
         )
 
 

@@ -2,10 +2,17 @@
 
 Which blobs: the ``media`` rows whose post is exported (same ``--did``,
 ``--since``, ``--until`` on the post's ``created_at``), each hash once. Where
-from: ``file_path``, relative to the archive's folder unless absolute; after
-symbolic links are resolved it must lie inside that folder, else it is refused
-(never opened). A blob that is missing or unreadable is listed, not fatal.
-Each blob is streamed in 1 MiB pieces and hashed (SHA-256) as it is copied.
+from: ``file_path``, relative to the media root unless absolute; after symbolic
+links are resolved it must lie inside the media root, else it is refused (never
+opened). A blob that is missing or unreadable is listed, not fatal. Each blob
+is streamed in 1 MiB pieces and hashed (SHA-256) as it is copied.
+
+The media root: bskyarchive keeps ``data/archive.db`` and stores paths
+relative to its working directory (``data/media/ab/cd/<sha256>.jpg``), so a
+relative path starts at the folder that holds the archive's folder. Archives
+made otherwise keep paths relative to the archive's own folder. ``media_root``
+tells which of the two a sample of the paths exists under; ``--media-root``
+names another.
 """
 
 from __future__ import annotations
@@ -56,6 +63,20 @@ class MediaResult:
     files: list[FileResult] = field(default_factory=list)
     missing: list[dict[str, str | None]] = field(default_factory=list)
     refused: list[dict[str, str | None]] = field(default_factory=list)
+    root: str | None = None  # the media root used
+    undecided: str | None = None  # why the root could not be told from the files, if it could not
+
+    def notices(self) -> list[str]:
+        """What a user should hear: an undecided root, or that no file was found at all."""
+        if self.undecided:
+            return [self.undecided]
+        out = []
+        if self.missing and not self.files:
+            out.append(
+                f"none of the {len(self.missing):,} media files was found (media root {self.root});"
+                " give --media-root DIR if they are elsewhere"
+            )
+        return out
 
 
 def extension(mime_type: str | None) -> str:
@@ -92,21 +113,75 @@ def media_rows(archive: Archive, filters: Filters) -> pl.DataFrame:
     return df.unique("hash", keep="first", maintain_order=True)
 
 
-def copy_media(archive: Archive, folder: Path, filters: Filters, progress: Progress, budget: Any = None) -> MediaResult:
+_ROOT_SAMPLE = 32  # relative paths looked for under each candidate root
+
+
+@dataclass(frozen=True)
+class MediaRoot:
+    """Where relative media paths start, and, if that could not be told from the files, why."""
+
+    path: Path
+    undecided: str | None = None
+
+
+def media_root(archive_path: Path, rows: pl.DataFrame, given: Path | None = None) -> MediaRoot:
+    """The folder relative ``file_path``s start at (see the module's text); ``given`` wins.
+
+    Candidates, in order: the folder holding the archive's folder (bskyarchive's
+    layout), then the archive's folder, both with symbolic links resolved. The
+    first one under which the most of a sample of the relative paths exist is
+    taken; if none of them exists under either, the first candidate whose name
+    the paths start with (else the archive's folder), and ``undecided`` says so.
+    """
+    if given is not None:
+        return MediaRoot(Path(os.path.realpath(given)))
+    home = Path(os.path.realpath(archive_path)).parent
+    candidates = [home.parent, home]
+    sample = [
+        p
+        for p in (os.fsdecode(v) for v in rows.get_column("file_path").drop_nulls().to_list())
+        if p and "\0" not in p and not os.path.isabs(p)
+    ][:_ROOT_SAMPLE]
+    if not sample:
+        return MediaRoot(home.parent if home.name == "data" else home)
+    hits = [sum(os.path.lexists(c / p) for p in sample) for c in candidates]
+    if max(hits) > 0:
+        return MediaRoot(candidates[hits.index(max(hits))])
+    first = Path(sample[0]).parts[0] if Path(sample[0]).parts else ""
+    root = home.parent if first == home.name else home
+    return MediaRoot(
+        root,
+        f"none of {len(sample)} media paths (e.g. {sample[0]}) exists under {home.parent} or {home};"
+        f" reading them from {root} (give --media-root DIR if the files are elsewhere)",
+    )
+
+
+def copy_media(
+    archive: Archive,
+    folder: Path,
+    filters: Filters,
+    progress: Progress,
+    budget: Any = None,
+    *,
+    root: MediaRoot | Path | None = None,
+) -> MediaResult:
     """Copy the exported posts' blobs into ``folder/media``; list the missing and refused ones.
 
+    ``root``: where relative paths start (default: ``media_root`` of the archive's path).
     Raises OSError for a failure on the writing side (disk full): that fails the export.
     """
     rows = media_rows(archive, filters)
-    root = Path(os.path.realpath(archive.path.parent))
+    if not isinstance(root, MediaRoot):
+        root = media_root(archive.origin, rows, root)
+    result = MediaResult(root=str(root.path), undecided=root.undecided)
+    root_path = Path(os.path.realpath(root.path))
     out_dir = folder / MEDIA_DIR
-    result = MediaResult()
     progress.start("media", len(rows))
     try:
         check = budget.check if budget is not None else (lambda: None)
         for blob_hash, mime, file_path in rows.iter_rows():
             check()  # another stream failed: stop
-            _copy_one(blob_hash, mime, file_path, root, out_dir, result, check)
+            _copy_one(blob_hash, mime, file_path, root_path, out_dir, result, check)
             progress.advance(1)
     finally:
         progress.stop()
@@ -144,7 +219,7 @@ def _copy_one(
     source = Path(path) if os.path.isabs(path) else root / path
     real = Path(os.path.realpath(source))
     if real != root and root not in real.parents:
-        result.refused.append({**entry, "reason": "file_path leads outside the archive's folder"})
+        result.refused.append({**entry, "reason": "file_path leads outside the media root"})
         return
     try:  # O_NONBLOCK: a FIFO must not hang the export; it is refused below like a folder
         fd = os.open(real, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))

@@ -37,7 +37,7 @@ from .errors import ArchiveError, Cancelled, ExportError, PipelineError, UsageEr
 from .media import MEDIA_DIR, MediaResult, copy_media
 from .progress import Progress, Streams
 from .publish import MANIFEST, TOOL, Staging, clean, restore_aside, stale_folders
-from .records import COLLECTION_TYPES, OP_ACTIONS, OPS, RECORD_TYPES, RecordType
+from .records import COLLECTION_TYPES, OP_ACTIONS, OPS, POSTS, RECORD_TYPES, RecordType
 from .sinks import SINKS, FileResult, NdjsonSink, Sink, concat_files
 from .sort import NINST, NSUB
 from .source import Archive, Filters, Position, Reads, RecordSource, iso_bound, key_range, range_metadata
@@ -66,6 +66,7 @@ class ExportResult:
     media_missing: int = 0  # listed in the manifest: missing or unreadable
     media_refused: int = 0  # listed in the manifest: file_path outside the archive's folder, unsafe hash
     skipped: bool = False  # --skip-unchanged found this export in ``out`` already: nothing was written
+    posts_by_others: int | None = None  # exported posts by other accounts (reposts); None: not counted
     metrics: dict[str, object] = field(default_factory=dict, repr=False)  # metrics.json: per stream, the run
 
 
@@ -94,6 +95,7 @@ def export(
     types: Sequence[str] | None = None,
     ops: bool = False,
     include_media: bool = False,
+    media_root: str | os.PathLike[str] | None = None,
     jobs: int | None = None,
     did: str | None = None,
     since: str | datetime | None = None,
@@ -113,6 +115,10 @@ def export(
     type asked for by name whose table is missing is an ArchiveError.
     ``ops``: also export the ``ops`` table into ``ops/<type>.<action>.<ext>``.
     ``include_media``: also copy the exported posts' blobs into ``media/``.
+    ``media_root``: where the media table's relative paths start (default: told
+    from the files, see ``media.media_root``).
+    ``did``: only records of this DID; ``"self"``: of the archive's owner (the DID
+    in ``profiles``; ArchiveError if there is none).
     ``jobs``: how many streams (record types, ops, media) run at once; default
     the CPU count, capped at the number of streams. The output does not depend on it.
     ``max_rejects``: fail (ExportError, nothing published) as soon as more values
@@ -151,7 +157,11 @@ def export(
         out_path = _killed_default_out(archive_path)
     out_path = out_path or default_out(archive_path)
 
-    with Archive(archive_path, retries) as db:
+    with contextlib.ExitStack() as opened:
+        db = opened.enter_context(Archive(archive_path, retries))
+        owner = _owner(db, did)
+        if did == "self":
+            filters = replace(filters, did=owner)
         rtypes, notices = _chosen_types(db, named)
         if ops:
             db.check(OPS)  # asked for: a missing table is an error
@@ -187,6 +197,9 @@ def export(
                 for leftover in (MANIFEST, METRICS, REJECTS):  # written again at the end
                     (staging.path / leftover).unlink(missing_ok=True)
                 staging.checkpoints.folder.mkdir(exist_ok=True)
+            # From here on the export reads one snapshot: a copy for a rollback-journal archive,
+            # whose writer would fail to commit while this run held its lock.
+            db = opened.enter_context(db.snapshot(staging.path / SNAPSHOT))
             checkpoints = staging.checkpoints
             streams: list[tuple[str, Callable[[Progress, _Budget], object]]] = []
             for rtype in rtypes:
@@ -201,7 +214,8 @@ def export(
                 )
                 streams.append((OPS.name, _checkpointed(checkpoints, staging.path, OPS.name, ops_stream)))
             if include_media and any(r.name == "posts" for r in rtypes):
-                media_stream = functools.partial(copy_media, db, staging.path, filters)
+                root = Path(media_root) if media_root is not None else None
+                media_stream = functools.partial(copy_media, db, staging.path, filters, root=root)
                 streams.append(("media", _checkpointed(checkpoints, staging.path, "media", media_stream, MEDIA_DIR)))
             elif include_media:
                 notices.append("--include-media copies the media of exported posts; no posts were exported")
@@ -234,6 +248,10 @@ def export(
                     result.rejects[1] if result.rejects else 0,
                 )
             rejects = sum(n for _, n in reject_parts)
+            notices += media.notices()
+            by_others = None
+            if filters.did is None and owner is not None and any(r.name == POSTS.name for r in rtypes):
+                by_others = db.count_others(POSTS, owner, filters)
             if reject_parts:
                 # the parts stay until publishing: checkpoints of finished streams name them
                 files.append(concat_files(staging.path, REJECTS, reject_parts, remove=False))
@@ -241,7 +259,11 @@ def export(
                 "tool": TOOL,
                 "version": __version__,
                 "exported_at": datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
-                "archive": {"path": str(archive_path.resolve()), "size_bytes": archive_path.stat().st_size},
+                "archive": {
+                    "path": str(archive_path.resolve()),
+                    "size_bytes": db.path.stat().st_size,
+                    "read_from": "a copy taken under one read lock" if db.copied else "one read transaction",
+                },
                 "filters": {"did": did, "since": iso_bound(lo), "until": iso_bound(hi)},
                 "formats": list(formats),
                 "types": [r.name for r in rtypes],
@@ -250,6 +272,8 @@ def export(
                 "media_count": len(media.files),
                 "media_missing": media.missing,
                 "media_refused": media.refused,
+                "media_root": media.root,
+                "posts_by_others": by_others,
                 "reject_count": rejects,
                 "fingerprint": print_,
             }
@@ -260,6 +284,9 @@ def export(
                 "streams": per_stream,
             }
             _write_json(staging.path / METRICS, metrics)
+            if db.copied:  # the snapshot is not part of the export
+                db.close()
+                db.path.unlink()
             staging.write_manifest(manifest)  # last: a staging folder with a manifest is complete
             killpoint("publish")
             staging.checkpoints.drop()
@@ -277,11 +304,25 @@ def export(
             raise
     return ExportResult(
         staging.out, records, files, rejects, manifest, warnings, notices,
-        len(media.files), len(media.missing), len(media.refused), metrics=metrics,
+        len(media.files), len(media.missing), len(media.refused), metrics=metrics, posts_by_others=by_others,
     )  # fmt: skip
 
 
+def _owner(db: Archive, did: str | None) -> str | None:
+    """The archive owner's DID: for ``--did self`` (ArchiveError without one) and, with no
+    DID filter, to count the posts of other accounts (None if the archive does not say)."""
+    if did == "self":
+        return db.owner()
+    if did is not None:
+        return None
+    try:
+        return db.owner()
+    except ArchiveError:
+        return None
+
+
 REJECTS = "rejects.ndjson"
+SNAPSHOT = ".archive-snapshot.db"  # the copy a rollback-journal archive is read from; never published
 METRICS = "metrics.json"  # beside manifest.json; not listed in it: it differs on every run
 
 

@@ -21,6 +21,7 @@ and sorts what it will write.
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import threading
@@ -203,13 +204,24 @@ class Archive:
     on the ``pipeline`` logger; other errors fail at once.
     """
 
-    def __init__(self, path: str | os.PathLike[str], retries: int = RETRIES):
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        retries: int = RETRIES,
+        *,
+        origin: str | os.PathLike[str] | None = None,
+        immutable: bool = False,
+    ):
         if retries < 0:
             raise ValueError("retries must be 0 or more")
         self.retries = retries
         self.retried = 0  # retries while opening
         self.cancel: threading.Event | None = None  # set by the runner: stops a retry's wait
         self.path = Path(path)
+        # The archive as the user named it: ``path`` may be a snapshot copy of it (see snapshot()).
+        self.origin = Path(origin) if origin is not None else self.path
+        self.copied = origin is not None
+        self._pinned: list[int] = []
         if not self.path.exists():
             raise ArchiveError(f"archive not found: {self.path}")
         if not self.path.is_file():
@@ -223,7 +235,7 @@ class Archive:
             raise ArchiveError(f"not a SQLite database: {self.path}")
         self._sources: list[RecordSource] = []
         self.lock = threading.RLock()
-        uri = "file:" + _uri_path(self.path.resolve()) + "?mode=ro"
+        uri = "file:" + _uri_path(self.path.resolve()) + "?mode=ro" + ("&immutable=1" if immutable else "")
         try:
             self._db = adbc.AdbcDatabase(driver=adbc_driver_sqlite._driver_path(), uri=uri)
             self._conn = adbc.AdbcConnection(self._db)
@@ -243,6 +255,94 @@ class Archive:
     def _count_retry(self) -> None:
         self.retried += 1
 
+    # -- one snapshot, without starving the archive's writer ----------------------------
+
+    def snapshot(self, dest: str | os.PathLike[str]) -> Archive:
+        """An Archive that reads one consistent snapshot without holding this archive's lock.
+
+        In WAL mode a reader never blocks the writer: this archive itself is returned.
+        In rollback-journal mode (bskyarchive's: its writer has no busy timeout, so its
+        commits fail while any reader holds SQLite's shared lock) the file is copied to
+        ``dest`` while this archive's read transaction holds the shared lock, so the
+        copy is the committed state this archive has read from the start; then this
+        archive is closed, which lets the writer commit again, and the copy is opened
+        (immutable: nobody writes it). The copy is made through a file descriptor that
+        stays open until the lock is released: closing any descriptor of a file drops
+        the POSIX locks this process holds on it, SQLite's included.
+
+        If there is no room for the copy (disk full, quota, file size limit), this
+        archive itself is returned with a warning: the export still reads one
+        snapshot, but holds the lock until it ends.
+        """
+        if self.journal_mode() == "wal":
+            return self
+        dest = Path(dest)
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            with self.lock:
+                _copy_file(fd, dest)
+        except OSError as e:
+            dest.unlink(missing_ok=True)
+            self._pinned.append(fd)  # closed after the connection: the lock must stay till then
+            if e.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+                raise
+            log.warning(
+                "no room to copy the archive for the export (%s); reading it in place instead, which blocks"
+                " the archive's writer until the export ends",
+                e.strerror,
+            )
+            return self
+        except BaseException:
+            dest.unlink(missing_ok=True)
+            self._pinned.append(fd)
+            raise
+        self.close()  # the shared lock goes here, before ``fd`` is closed
+        os.close(fd)
+        return Archive(dest, self.retries, origin=self.origin, immutable=True)
+
+    def journal_mode(self) -> str:
+        """SQLite's journal mode of the archive (``wal``, ``delete``, ...), read in its transaction."""
+        table = retrying(lambda: self.read_table("PRAGMA journal_mode"), self.retries, "opening the archive")
+        return str(table.column(0)[0].as_py()).lower()
+
+    def owner(self) -> str:
+        """The archive owner's DID, from ``profiles`` (bskyarchive writes a row per sync).
+
+        Raises ArchiveError if there is no profile, or profiles of several DIDs."""
+        if not self.has_table_named("profiles") or "did" not in self._tables["profiles"]:
+            raise ArchiveError(f"archive {self.origin} has no 'profiles' table: cannot tell whose posts are 'self'")
+        table = retrying(
+            lambda: self.read_table(
+                "SELECT DISTINCT CAST(did AS TEXT) AS did FROM main.profiles WHERE did IS NOT NULL"
+            ),
+            self.retries,
+            "profiles",
+            cancel=self.cancel,
+        )
+        dids = sorted(table.column("did").to_pylist())
+        if not dids:
+            raise ArchiveError(f"archive {self.origin} has no profile: cannot tell whose posts are 'self'")
+        if len(dids) > 1:
+            raise ArchiveError(
+                f"archive {self.origin} has profiles of {len(dids)} accounts ({', '.join(dids[:3])}"
+                f"{', ...' if len(dids) > 3 else ''}): give --did DID instead of 'self'"
+            )
+        return dids[0]
+
+    def count_others(self, rtype: RecordType, owner: str, filters: Filters) -> int:
+        """How many records of ``rtype`` the time filters keep whose ``did`` is not ``owner``
+        (an archive's reposts of other accounts' posts)."""
+        others = f"FROM main.{_quote(rtype.table)} AS p WHERE p.did < ? OR p.did > ?"
+        params = pa.record_batch([pa.array([owner]), pa.array([owner])], names=["p0", "p1"])
+        if not filters.timed:
+            sql = f"SELECT count(*) AS n {others}"
+            table = retrying(lambda: self.read_table(sql, params), self.retries, rtype.name, cancel=self.cancel)
+            return int(table.column(0)[0].as_py())
+        sql = f"SELECT CAST(p.{_quote(rtype.time)} AS TEXT) AS t {others}"
+        table = retrying(lambda: self.read_table(sql, params), self.retries, rtype.name, cancel=self.cancel)
+        times = _frame(table).get_column("t")
+        return int(filters.keep(*parse_instants(times)).sum())
+
     def __enter__(self) -> Archive:
         return self
 
@@ -259,6 +359,9 @@ class Archive:
             if handle is not None:
                 with contextlib.suppress(adbc.Error):
                     handle.close()
+        pinned = getattr(self, "_pinned", [])
+        while pinned:  # descriptors of the archive kept open while SQLite held its lock (see snapshot)
+            os.close(pinned.pop())
 
     def _query(self, sql: str, params: pa.RecordBatch | None = None, rows: int | None = None) -> pa.RecordBatchReader:
         return _query(self._conn, sql, params, rows)
@@ -579,6 +682,28 @@ class RecordSource:
         """One output batch; its key range rides along in the schema metadata for error messages."""
         batch = table.drop_columns([NINST, NSUB]).to_batches(max_chunksize=None)[0]
         return batch.replace_schema_metadata(range_metadata(table, self.rtype.key))
+
+
+def _copy_file(fd: int, dest: Path) -> None:
+    """Copy the whole file open as ``fd`` to ``dest`` (a new file) in the kernel where it can."""
+    size = os.fstat(fd).st_size
+    kernel = getattr(os, "copy_file_range", None)
+    with open(dest, "wb") as out:
+        done = 0
+        while done < size:
+            n = 0
+            if kernel is not None:
+                try:
+                    n = kernel(fd, out.fileno(), size - done, done, done)
+                except OSError as e:  # another file system, or no such call here: copy by hand
+                    if e.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.EPERM):
+                        raise
+                    kernel = None
+            if kernel is None:
+                n = os.pwrite(out.fileno(), os.pread(fd, min(size - done, 2**20), done), done)
+            if n == 0:
+                raise OSError(errno.EIO, f"the archive got shorter while it was copied ({done} of {size} bytes)")
+            done += n
 
 
 def _huge_rows() -> None:

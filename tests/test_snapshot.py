@@ -16,12 +16,13 @@ from test_export import check_export
 SEED = 5
 
 
-@pytest.mark.parametrize("jobs", ["1", "4"])
-def test_export_sees_one_snapshot_while_the_archive_is_written(archive_20k, tmp_path, jobs):
+@pytest.mark.parametrize(("jobs", "mode"), [("1", "wal"), ("4", "wal"), ("4", "delete")])
+def test_export_sees_one_snapshot_while_the_archive_is_written(archive_20k, tmp_path, jobs, mode):
+    """WAL: one read transaction. Rollback journal (bskyarchive's): a copy taken under one lock."""
     start = tmp_path / "start.db"
     shutil.copy(archive_20k, start)
     con = sqlite3.connect(start)
-    assert con.execute("PRAGMA journal_mode = WAL").fetchone()[0] == "wal"
+    assert con.execute(f"PRAGMA journal_mode = {mode}").fetchone()[0] == mode
     con.close()
     live = tmp_path / "live.db"
     shutil.copy(start, live)
@@ -42,7 +43,7 @@ def test_export_sees_one_snapshot_while_the_archive_is_written(archive_20k, tmp_
     n = max(seen)
     assert 1 <= n < last, (n, last)  # the writer kept committing while the export read
     replayed = tmp_path / "replayed.db"
-    shutil.copy(start, replayed)  # start.db has no -wal: it was closed after the switch to WAL
+    shutil.copy(start, replayed)  # start.db has no -wal: it was closed after the switch
     replay(str(replayed), SEED, n)
     # Every type, every page: exactly the rows of that state, none duplicated or missing.
     check_export(out, replayed, ["csv", "json"], ("posts", "likes", "follows"))
