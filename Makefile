@@ -4,7 +4,7 @@
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
-ARCHIVE ?= data/fixtures/archive.db
+ARCHIVE ?= data/fixtures/bskyarchive/data/archive.db
 
 .PHONY: demo test lint bench clean
 
@@ -15,7 +15,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 demo: $(VENV)/.installed
-	$(BIN)/pipeline run export $(ARCHIVE) --out exports/demo --format csv --format json --format ndjson
+	$(BIN)/pipeline run export $(ARCHIVE) --out exports/demo --format csv --format json --format ndjson --include-media
 
 test: $(VENV)/.installed
 	$(BIN)/ruff check pipeline cli.py tests benchmarks data/fixtures

@@ -264,7 +264,7 @@ def export(
                     "size_bytes": db.path.stat().st_size,
                     "read_from": "a copy taken under one read lock" if db.copied else "one read transaction",
                 },
-                "filters": {"did": did, "since": iso_bound(lo), "until": iso_bound(hi)},
+                "filters": {"did": filters.did, "since": iso_bound(lo), "until": iso_bound(hi)},
                 "formats": list(formats),
                 "types": [r.name for r in rtypes],
                 "records": records,

@@ -19,6 +19,7 @@ def parse_instant(values: pl.Series) -> pl.Series:
     assert (us.is_null() == ns.is_null()).all()
     return pl.Series([None if u is None else u * 1000 + n for u, n in zip(us, ns, strict=True)], dtype=pl.Object)
 
+
 instants = st.datetimes(min_value=datetime(1, 1, 2), max_value=datetime(9999, 12, 30), timezones=st.just(UTC))
 offsets = st.integers(min_value=-14 * 60, max_value=14 * 60).map(lambda m: timezone(timedelta(minutes=m)))
 
