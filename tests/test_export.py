@@ -179,7 +179,7 @@ def test_every_cut_of_the_runner_gives_the_same_bytes(fixture_archive, tmp_path,
     the bytes are those of an export with the defaults (one page, one bucket), and match the oracle."""
     import sqlite3
 
-    from pipeline import run, sort, source
+    from pipeline import sort, source, streams
 
     n = sqlite3.connect(fixture_archive).execute("SELECT count(*) FROM posts").fetchone()[0]
     formats = ["csv", "json", "ndjson"]
@@ -188,7 +188,7 @@ def test_every_cut_of_the_runner_gives_the_same_bytes(fixture_archive, tmp_path,
     monkeypatch.setattr(source, "PAGE_ROWS", 0)
     monkeypatch.setattr(source, "BUCKET_BYTES", 40_000)  # ~30 rows a bucket
     monkeypatch.setattr(sort, "MAX_OPEN", 3)
-    monkeypatch.setattr(run, "WRITE_ROWS", 13)
+    monkeypatch.setattr(streams, "WRITE_ROWS", 13)
     for size in [1, 7, 999, 1000, 1001, n + 5]:
         out = tmp_path / f"cut{size}"
         pipeline.export(fixture_archive, out, formats=formats, batch_size=size)
