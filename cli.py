@@ -219,10 +219,12 @@ def export_command(
 
         pipeline run export archive.db -o exports/mine -f csv -f ndjson --types posts,likes --since 2024-01-01
     """
-    from pipeline import PipelineError, export, source
+    from dataclasses import replace
+
+    from pipeline import PipelineError, Tuning, export
     from pipeline.progress import JsonLog, JsonProgress, for_terminal
 
-    source.on_huge_rows = _huge_rows
+    tuning = replace(Tuning.from_env(), on_huge_rows=_huge_rows)
 
     log = JsonLog() if log_format == LogFormat.json else None
     say = _Reporter(log, metrics_file)
@@ -259,6 +261,7 @@ def export_command(
                 skip_unchanged=skip_unchanged,
                 resume=resume,
                 progress=progress,
+                tuning=tuning,
             )
     except KeyboardInterrupt:
         if debug:
@@ -419,7 +422,7 @@ def _log_to_stderr(log=None) -> None:
         class _Events(logging.Handler):
             def emit(self, record: logging.LogRecord) -> None:
                 message = record.getMessage()
-                event = "retry" if message.startswith("retry ") else "log"
+                event = getattr(record, "event", "log")  # the library marks retries
                 log.emit(event, level=record.levelname.lower(), message=message)
 
         handler = _Events()

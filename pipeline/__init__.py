@@ -7,16 +7,19 @@ sinks write them. ``export`` wires them together as the CLI does.
 
 from __future__ import annotations
 
-__version__ = "0.2.0"
-
-from . import transforms  # noqa: E402
-from .errors import ArchiveError, ExportError, OutputError, PipelineError, UsageError  # noqa: E402
-from .records import POSTS, RECORD_TYPES, RecordType  # noqa: E402
-from .run import ExportResult, export  # noqa: E402
-from .sinks import CsvSink, FileResult, JsonArraySink, NdjsonSink  # noqa: E402
-from .source import Archive, Filters  # noqa: E402
+from . import transforms
+from .errors import ArchiveError, ExportError, OutputError, PipelineError, UsageError
+from .options import ExportOptions
+from .records import POSTS, RECORD_TYPES, RecordType
+from .run import ExportResult, export
+from .sinks import CsvSink, FileResult, JsonArraySink, NdjsonSink
+from .source import Archive, Filters
+from .tuning import Tuning
+from .version import __version__
 
 __all__ = [
+    "__version__",
+    "ExportOptions",
     "POSTS",
     "RECORD_TYPES",
     "Archive",
@@ -34,4 +37,5 @@ __all__ = [
     "UsageError",
     "export",
     "transforms",
+    "Tuning",
 ]

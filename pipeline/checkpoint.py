@@ -11,34 +11,26 @@ over the old one), so after a SIGKILL or a power loss it describes files that
 hold at least what it says; a resume cuts them back to those sizes and
 recomputes their hashes by reading them.
 
-Checkpoints are taken at most every ``PIPELINE_CHECKPOINT_SECONDS`` (default
-2 s) per stream: each costs an fsync of the files written since the last one.
+Checkpoints are taken at most every ``Tuning.checkpoint_seconds`` (default 2 s;
+the CLI reads ``PIPELINE_CHECKPOINT_SECONDS``) per stream: each costs an fsync
+of the files written since the last one.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import queue
 import shutil
-import signal
 import threading
 import time
-import weakref
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
+from .tuning import CHECKPOINT_SECONDS
+
 CHECKPOINTS = ".checkpoint"
 RUN = "run.json"
-INTERVAL = 2.0
-
-
-def interval() -> float:
-    try:
-        return max(0.0, float(os.environ.get("PIPELINE_CHECKPOINT_SECONDS", INTERVAL)))
-    except ValueError:
-        return INTERVAL
 
 
 def fsync_path(path: Path) -> None:
@@ -80,16 +72,15 @@ class Checkpoints:
     the stream moved on) is dropped: an older one still holds.
     """
 
-    def __init__(self, staging: Path):
+    def __init__(self, staging: Path, interval: float = CHECKPOINT_SECONDS):
         self.staging = staging
         self.folder = staging / CHECKPOINTS
-        self.interval = interval()
+        self.interval = interval
         self._lock = threading.Lock()
         self._queue: queue.Queue[tuple[str, dict[str, object], list[Path], Callable[[], None] | None] | None] = (
             queue.Queue()
         )
         self._thread: threading.Thread | None = None
-        _live.add(self)
 
     def begin(self, fingerprint: dict[str, object]) -> None:
         """A new run: the folder and its fingerprint."""
@@ -175,26 +166,3 @@ class Clock:
 
     def reset(self) -> None:
         self._last = time.monotonic()
-
-
-_counts: dict[str, int] = {}
-_live: weakref.WeakSet[Checkpoints] = weakref.WeakSet()
-_counts_lock = threading.Lock()
-
-
-def killpoint(name: str) -> None:
-    """A place the tests kill the export at: ``PIPELINE_KILL_AT=<name>=<n>`` sends this process
-    SIGKILL the n-th time it passes ``name`` (e.g. ``posts.page=3``). Nothing without the variable."""
-    spec = os.environ.get("PIPELINE_KILL_AT")
-    if not spec:
-        return
-    wanted, _, count = spec.rpartition("=")
-    if wanted != name:
-        return
-    with _counts_lock:
-        _counts[name] = n = _counts.get(name, 0) + 1
-    with contextlib.suppress(ValueError):
-        if n == int(count):
-            for checkpoints in list(_live):  # the ones handed over so far are on disk: a kill after them
-                checkpoints.flush()
-            os.kill(os.getpid(), signal.SIGKILL)

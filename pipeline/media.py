@@ -21,7 +21,7 @@ import os
 import re
 import stat
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,8 +30,9 @@ import polars as pl
 import pyarrow as pa
 
 from .errors import ExportError
-from .progress import Progress
-from .sinks import FileResult, _HashingFile
+from .frames import frame
+from .progress import Phase, Progress
+from .sinks import FileResult, HashingFile
 from .source import Archive, Filters, read_failed, retrying
 from .timestamps import parse_instants
 
@@ -65,6 +66,19 @@ class MediaResult:
     refused: list[dict[str, str | None]] = field(default_factory=list)
     root: str | None = None  # the media root used
     undecided: str | None = None  # why the root could not be told from the files, if it could not
+
+    def to_state(self) -> dict[str, object]:
+        """As a finished stream's checkpoint (JSON)."""
+        return {"phase": "done", "kind": "media", "files": [asdict(f) for f in self.files],
+                "missing": self.missing, "refused": self.refused, "root": self.root}  # fmt: skip
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> MediaResult:
+        """Back from ``to_state``; KeyError, TypeError or ValueError if it is not one."""
+        if state["kind"] != "media":
+            raise ValueError("not a media stream's state")
+        return cls([FileResult(**f) for f in state["files"]], list(state["missing"]), list(state["refused"]),
+                   state["root"])  # fmt: skip
 
     def notices(self) -> list[str]:
         """What a user should hear: an undecided root, or that no file was found at all."""
@@ -105,8 +119,7 @@ def media_rows(archive: Archive, filters: Filters) -> pl.DataFrame:
     except adbc.Error as e:
         raise ExportError(read_failed(e, archive.retries), record_type="media") from None
     schema = pa.schema([*((n, pa.binary()) for n in ("hash", "mime_type", "file_path")), ("created_at", pa.string())])
-    df = pl.from_arrow(table.cast(schema))
-    assert isinstance(df, pl.DataFrame)
+    df = frame(table.cast(schema))
     if filters.timed:
         df = df.filter(filters.keep(*parse_instants(df.get_column("created_at"))))
     df = df.drop("created_at").sort("hash", "file_path", "mime_type", nulls_last=True)  # which row of a hash: fixed
@@ -176,7 +189,7 @@ def copy_media(
     result = MediaResult(root=str(root.path), undecided=root.undecided)
     root_path = Path(os.path.realpath(root.path))
     out_dir = folder / MEDIA_DIR
-    progress.start("media", len(rows))
+    progress.phase(Phase.COPYING, len(rows))
     try:
         check = budget.check if budget is not None else (lambda: None)
         for blob_hash, mime, file_path in rows.iter_rows():
@@ -233,7 +246,7 @@ def _copy_one(
     name = f"{blob_hash}.{extension(_text(raw_mime))}"
     with os.fdopen(fd, "rb") as src:
         out_dir.mkdir(exist_ok=True)
-        out = _HashingFile(out_dir / name)
+        out = HashingFile(out_dir / name)
         try:
             while True:
                 try:

@@ -6,18 +6,40 @@ import os
 import sys
 import threading
 import time
-from typing import TextIO
+from enum import StrEnum
+from typing import TYPE_CHECKING, TextIO
+
+if TYPE_CHECKING:
+    from rich.progress import TaskID
 
 PLAIN_INTERVAL = 5.0
+
+
+class Phase(StrEnum):
+    """What a stream is doing (``stream_phase`` events carry these values)."""
+
+    CONVERTING = "converting"  # a record type: reading and converting, into the sort
+    WRITING = "writing"  # a record type: its sorted rows into the files; the ops: their pages
+    COPYING = "copying"  # the media files
+    DONE_BEFORE = "done before"  # finished before the interruption (--resume): its files are kept
+    DONE = "done"
 
 
 class Progress:
     """Interface used by the runner; this base reports nothing (``--quiet``).
 
-    ``start`` may be called again for the next phase (e.g. writing after converting).
+    ``start`` may be called again for the next phase (e.g. writing after converting);
+    a stream's progress (``Streams.stream``) is told its phases with ``phase``.
     """
 
     def start(self, label: str, total: int) -> None: ...
+
+    def phase(self, phase: Phase, total: int) -> None:
+        """A stream began ``phase``, with ``total`` units of work."""
+        self.start(str(phase), total)
+
+    def stream_advance(self, stream: str, n: int) -> None:
+        """``n`` more units done by ``stream`` (for displays with a row per stream)."""
 
     def advance(self, n: int) -> None: ...
 
@@ -171,8 +193,9 @@ class RichProgress(Progress):
             refresh_per_second=4,
             transient=True,
         )
-        self._task = None
+        self._task: TaskID | None = None
         self._t0 = 0.0
+        self._rows: dict[str, tuple[TaskID, float]] = {}  # stream -> (its task, when its phase began)
 
     def start(self, label: str, total: int) -> None:
         if self._task is None:
@@ -180,13 +203,16 @@ class RichProgress(Progress):
         else:
             self._bar.update(self._task, visible=False)
         self._t0 = time.monotonic()
-        self._task = self._bar.add_task(label, total=total, rate="")
+        self._task = self._bar.add_task("all" if self._rows else label, total=total, rate="")
 
     def advance(self, n: int) -> None:
         assert self._task is not None
-        task = next(t for t in self._bar.tasks if t.id == self._task)
-        rate = (task.completed + n) / max(time.monotonic() - self._t0, 1e-9)
-        self._bar.update(self._task, advance=n, rate=f"{rate:,.0f} rec/s")
+        self._advance(self._task, n, self._t0)
+
+    def _advance(self, task_id: TaskID, n: int, t0: float) -> None:
+        task = next(t for t in self._bar.tasks if t.id == task_id)
+        rate = (task.completed + n) / max(time.monotonic() - t0, 1e-9)
+        self._bar.update(task_id, advance=n, rate=f"{rate:,.0f} rec/s")
 
     def set_total(self, total: int) -> None:
         assert self._task is not None
@@ -194,7 +220,31 @@ class RichProgress(Progress):
 
     def set_label(self, label: str) -> None:
         assert self._task is not None
-        self._bar.update(self._task, description=label)
+        if not self._rows:
+            self._bar.update(self._task, description=label)
+
+    def stream_phase(self, stream: str, phase: str, total: int) -> None:
+        """One row per stream (``posts: writing``); the first row, ``all``, sums them."""
+        if self._task is None:
+            self._bar.start()
+            self._task = self._bar.add_task("all", total=0, rate="")
+            self._t0 = time.monotonic()
+        self._bar.update(self._task, description="all")
+        row = self._rows.get(stream)
+        if row is not None and phase == Phase.DONE:  # the row keeps its count, full
+            done = next(t for t in self._bar.tasks if t.id == row[0]).completed
+            self._bar.update(row[0], total=max(done, 1), completed=max(done, 1), description=f"{stream}: done")
+            return
+        if row is None:
+            self._rows[stream] = (self._bar.add_task(f"{stream}: {phase}", total=total, rate=""), time.monotonic())
+        else:
+            self._bar.reset(row[0], total=total, description=f"{stream}: {phase}", rate="")
+            self._rows[stream] = (row[0], time.monotonic())
+
+    def stream_advance(self, stream: str, n: int) -> None:
+        row = self._rows.get(stream)
+        if row is not None:
+            self._advance(row[0], n, row[1])
 
     def stop(self) -> None:
         self._bar.stop()
@@ -230,7 +280,7 @@ class Streams:
     def stream(self, name: str) -> Progress:
         return _StreamProgress(self, name)
 
-    def _update(self, name: str, phase: str | None = None, total: int | None = None, done: int = 0) -> None:
+    def _update(self, name: str, phase: Phase | None = None, total: int | None = None, done: int = 0) -> None:
         with self._lock:
             state = self._states.setdefault(name, ["", 0, 0, 0])
             if phase is not None:  # a new phase: the last one's work is done
@@ -252,6 +302,7 @@ class Streams:
                 self._display.set_label(label or "export")
             if done:
                 self._display.advance(done)
+                self._display.stream_advance(name, done)
 
     def stop(self) -> None:
         self._display.stop()
@@ -262,7 +313,9 @@ class _StreamProgress(Progress):
         self._streams, self._name = streams, name
 
     def start(self, label: str, total: int) -> None:
-        phase = label.split(": ", 1)[1] if ": " in label else label
+        self.phase(Phase(label), total)
+
+    def phase(self, phase: Phase, total: int) -> None:
         self._streams._update(self._name, phase=phase, total=total)
 
     def advance(self, n: int) -> None:
@@ -272,4 +325,4 @@ class _StreamProgress(Progress):
         self._streams._update(self._name, total=total)
 
     def stop(self) -> None:
-        self._streams._update(self._name, phase="done", total=0)
+        self._streams._update(self._name, phase=Phase.DONE, total=0)

@@ -18,11 +18,12 @@ import os
 import shutil
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from .checkpoint import CHECKPOINTS, Checkpoints, fsync_path, killpoint, read_json
+from .checkpoint import CHECKPOINTS, Checkpoints, fsync_path, read_json
 from .errors import OutputError, UsageError
+from .tuning import CHECKPOINT_SECONDS
 
 log = logging.getLogger("pipeline")
 
@@ -44,7 +45,13 @@ class Staging:
     with this ``fingerprint``: otherwise UsageError, and nothing is removed.
     """
 
-    def __init__(self, out: Path, fingerprint: dict[str, object] | None = None, resume: bool = False):
+    def __init__(
+        self,
+        out: Path,
+        fingerprint: dict[str, object] | None = None,
+        resume: bool = False,
+        checkpoint_seconds: float = CHECKPOINT_SECONDS,
+    ):
         self.out = Path(os.path.realpath(out))
         self.published = False
         self.resumed: Path | None = None  # the killed run's staging folder this one continues
@@ -64,7 +71,7 @@ class Staging:
                 self.path.mkdir()
         except OSError as e:
             raise OutputError(f"cannot write to {parent}: {e.strerror}") from None
-        self.checkpoints = Checkpoints(self.path)
+        self.checkpoints = Checkpoints(self.path, checkpoint_seconds)
         if self.resumed is None:
             try:
                 self.checkpoints.begin(fingerprint or {})
@@ -80,7 +87,7 @@ class Staging:
             f.flush()
             os.fsync(f.fileno())
 
-    def publish(self) -> list[str]:
+    def publish(self, event: Callable[[str], None] | None = None) -> list[str]:
         """Make the staged export ``out``, replacing an earlier export there.
 
         Raises OSError (with ``out`` as it was) if the export cannot be put in
@@ -107,7 +114,8 @@ class Staging:
             else:
                 os.rename(self.path, self.out)
             self.published = True
-            killpoint("published")
+            if event is not None:
+                event("published")
         warnings = []
         try:
             fsync_path(self.out.parent)
@@ -234,10 +242,10 @@ def _take_over(out: Path, stale: list[Path], fingerprint: dict[str, object], pat
     for p in stale:
         if ".staging-" not in p.name:
             continue
-        theirs = Checkpoints(p).fingerprint()
+        theirs: object = Checkpoints(p).fingerprint()
         if theirs is None:
             manifest = read_json(p / MANIFEST)
-            theirs = manifest.get("fingerprint") if manifest else None  # type: ignore[assignment]
+            theirs = manifest.get("fingerprint") if manifest else None
         if isinstance(theirs, dict):
             candidates.append((theirs.get("sha256") == fingerprint.get("sha256"), p.stat().st_mtime, p, theirs))
     if not candidates:

@@ -16,6 +16,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 
+from . import transforms
+from .records import RecordType
+
 BOM = b"\xef\xbb\xbf"
 
 
@@ -29,7 +32,7 @@ class FileResult:
     sha256: str
 
 
-class _HashingFile:
+class HashingFile:
     """A binary file that hashes and counts what goes through it.
 
     ``resume``: continue a file a killed run wrote: cut it back to that many
@@ -96,7 +99,7 @@ class Sink:
 
     def __init__(self, folder: Path, name: str, resume: tuple[int, int] | None = None):
         self.name = name
-        self._file = _HashingFile(folder / name, None if resume is None else resume[0])
+        self._file = HashingFile(folder / name, None if resume is None else resume[0])
         self.records = 0 if resume is None else resume[1]
 
     def position(self) -> tuple[int, int]:
@@ -182,7 +185,7 @@ SINKS = {"csv": CsvSink, "json": JsonArraySink, "ndjson": NdjsonSink}
 def concat_files(folder: Path, name: str, parts: list[tuple[Path, int]], remove: bool = True) -> FileResult:
     """Write ``name`` as the parts (path, records) one after another, hashing as it goes;
     the parts are removed (unless not ``remove``). Streams in 1 MiB pieces."""
-    out = _HashingFile(folder / name)
+    out = HashingFile(folder / name)
     try:
         for path, _ in parts:
             with open(path, "rb") as f:
@@ -195,3 +198,14 @@ def concat_files(folder: Path, name: str, parts: list[tuple[Path, int]], remove:
     for path, _ in parts if remove else ():
         path.unlink()
     return FileResult(name, sum(n for _, n in parts), out.size, digest)
+
+
+def open_sink(
+    folder: Path, rtype: RecordType, fmt: str, stem: str | None = None, resume: tuple[int, int] | None = None
+) -> Sink:
+    """The sink of ``rtype`` in format ``fmt``: ``<stem or type>.<fmt>`` in ``folder``; ``resume``
+    (size, records) continues a file a killed run left."""
+    name = f"{stem or rtype.name}.{fmt}"
+    if fmt == "csv":
+        return SINKS[fmt](folder, name, transforms.csv_schema(rtype), resume)
+    return SINKS[fmt](folder, name, resume)

@@ -18,13 +18,16 @@ from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.ipc as ipc
 
+from .frames import series
 from .timestamps import format_micros
+from .tuning import OpenFiles, Tuning
 
 NINST = "_ninst"
 # Minus the nanoseconds past the microsecond (0 to -999): sorts ties of ``_ninst`` newest first.
@@ -54,31 +57,6 @@ class Plan:
         return cls(tuple(keys.filter(starts).to_list()))
 
 
-def _max_open() -> int:
-    """Half of the bucket-file budget: a quarter of the descriptor limit, 8 to 256."""
-    try:
-        import resource
-
-        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
-    except (ImportError, OSError, ValueError):  # not POSIX
-        return 64
-    if soft == resource.RLIM_INFINITY:
-        return 256
-    return max(8, min(256, soft // 4))
-
-
-# Bucket files open for writing, over all sorters alive at once (parallel
-# streams each have two): each sorter keeps at most its share, MAX_OPEN divided
-# by the live sorters; a bucket whose writer was closed to make room gets
-# another part file when it next has rows.
-# Rows arrive in table order, which need not follow time, so every page may
-# touch every bucket: with fewer writers than buckets, files are split into
-# many small parts (1M posts in 80 buckets took 6-7 s with 64, 5.7 s with 256).
-MAX_OPEN = 2 * _max_open()
-_live = [0]  # sorters not yet closed
-_live_lock = threading.Lock()
-
-
 class BucketSorter:
     """Collects tables with a ``_ninst`` column; yields them back sorted by ``order``."""
 
@@ -88,7 +66,13 @@ class BucketSorter:
         order: Sequence[str],
         spill_dir: str | os.PathLike[str] | None = None,
         max_bytes: int | None = None,
+        open_files: OpenFiles | None = None,
     ):
+        """``open_files``: the run's budget of open bucket files, shared with the sorters alive
+        at the same time (default: a budget of this sorter's own). Rows arrive in table order,
+        which need not follow time, so every page may touch every bucket: with fewer writers
+        than buckets, files are split into many small parts (1M posts in 80 buckets took
+        6-7 s with 64, 5.7 s with 256)."""
         self._bounds = pl.Series(plan.bounds, dtype=pl.Int64)
         self._max_bytes = max_bytes  # a bucket larger than this on disk is split before it is read
         self._order = [(c, "ascending") for c in order]
@@ -99,9 +83,9 @@ class BucketSorter:
         self._parts: dict[int, list[Path]] = {}
         self._parts_lock = threading.Lock()  # release() runs on the checkpoint thread
         self.reading: int | None = None  # the bucket being read back, for messages
+        self._open_files = open_files or OpenFiles(Tuning().open_files)
+        self._open_files.join()
         self._counted = True
-        with _live_lock:
-            _live[0] += 1
 
     def __enter__(self) -> BucketSorter:
         return self
@@ -117,8 +101,7 @@ class BucketSorter:
             return
         if self._folder is None:
             self._folder = Path(tempfile.mkdtemp(prefix=".spill-", dir=self._parent))
-        ninst = pl.from_arrow(table.column(NINST))
-        ids = self._bounds.search_sorted(ninst, side="right")  # type: ignore[arg-type]
+        ids = self._bounds.search_sorted(series(table.column(NINST)), side="right")
         order = ids.arg_sort()
         grouped = table.take(order.to_arrow())
         runs = ids.gather(order).rle()
@@ -132,12 +115,13 @@ class BucketSorter:
         if w is not None:
             self._writers.move_to_end(bucket)
             return w
-        share = max(4, MAX_OPEN // max(1, _live[0]))
+        share = self._open_files.share()
         while self._writers and len(self._writers) >= share:
             _, oldest = self._writers.popitem(last=False)
             oldest.close()
         parts = self._parts.setdefault(bucket, [])
-        path = self._folder / f"{bucket}.{len(parts)}.arrow"  # type: ignore[operator]
+        assert self._folder is not None  # made by ``add`` before the first writer
+        path = self._folder / f"{bucket}.{len(parts)}.arrow"
         parts.append(path)
         w = self._writers[bucket] = ipc.new_stream(str(path), schema)
         return w
@@ -225,7 +209,7 @@ class BucketSorter:
         """The spill folder and its parent, to flush to disk so new files' names survive."""
         return [] if self._folder is None else [self._folder, self._folder.parent]
 
-    def restore(self, state: dict[str, object]) -> None:
+    def restore(self, state: dict[str, Any]) -> None:
         """Back to a ``snapshot``: its files cut to their sizes, any other file in the folder
         removed. New rows go to new part files. Raises ValueError if the files are not there."""
         if self._folder is not None or self._parts or self._memory or not len(self._bounds):
@@ -234,7 +218,7 @@ class BucketSorter:
             return
         folder = Path(self._parent or tempfile.gettempdir()) / str(state["folder"])
         parts: dict[int, list[Path]] = {}
-        for bucket, entries in dict(state["parts"]).items():  # type: ignore[call-overload]
+        for bucket, entries in dict(state["parts"]).items():
             for name, size in entries:
                 path = folder / name
                 if path.stat().st_size < size:
@@ -259,14 +243,14 @@ class BucketSorter:
         for path in paths:  # pass 1: the instants alone
             with pa.OSFile(str(path)) as f, ipc.open_stream(f) as reader:
                 for batch in reader:
-                    ninst.append(pl.from_arrow(batch.column(NINST)))
-        counts = pl.concat(ninst).rename("k").value_counts(sort=True, name="n").sort("k")  # type: ignore[arg-type]
+                    ninst.append(series(batch.column(NINST)))
+        counts = pl.concat(ninst).rename("k").value_counts(sort=True, name="n").sort("k")
         if counts.height < 2:
             return None
         rows = int(counts.get_column("n").sum())
         per_bucket = max(1, rows * self.max_bytes // (2 * size))  # sub-buckets of about half the limit
         plan = Plan.from_counts(counts.get_column("k"), counts.get_column("n"), per_bucket)
-        child = BucketSorter(plan, [c for c, _ in self._order], self._folder, self.max_bytes)
+        child = BucketSorter(plan, [c for c, _ in self._order], self._folder, self.max_bytes, self._open_files)
         try:
             for path in paths:  # pass 2: every batch to its sub-bucket
                 with pa.OSFile(str(path)) as f, ipc.open_stream(f) as reader:
@@ -304,8 +288,7 @@ class BucketSorter:
         """Remove every spill file; errors closing writers are ignored (the files go too)."""
         if self._counted:
             self._counted = False
-            with _live_lock:
-                _live[0] -= 1
+            self._open_files.leave()
         for w in self._writers.values():
             with contextlib.suppress(OSError):
                 w.close()

@@ -39,9 +39,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from .errors import ArchiveError, Cancelled, ExportError, UsageError
+from .frames import frame, series
 from .records import RecordType
 from .sort import NINST, NSUB, UNPLACED, BucketSorter, Plan
 from .timestamps import day_nanos, format_nanos, in_range_nanos, parse_instants, to_nanos
+from .tuning import Once, OpenFiles, Tuning
 
 T = TypeVar("T")
 _SQLITE_MAGIC = b"SQLite format 3\x00"
@@ -51,8 +53,6 @@ RETRY_DELAY = 0.1  # seconds before the first retry; doubled each time (0.1 + 0.
 RETRY_DELAY_MAX = 2.0  # no single wait is longer
 PLAN_ROWS = 65_536
 PLAN_SAMPLE = 16  # the key pass parses one time value in this many
-PAGE_ROWS = 16_384
-BUCKET_BYTES = 16 * 2**20
 BATCH_BYTES = 64 * 2**20  # the most a page or a batch holds, however large its rows
 # Pages hold a quarter of the batch budget: the runner keeps a few pages queued and
 # converting at once, each converted into copies of its size. Pages with a huge row
@@ -63,11 +63,6 @@ BATCH_BYTES = 64 * 2**20  # the most a page or a batch holds, however large its 
 PAGES_PER_BATCH = 4
 HUGE_PAGES_PER_BATCH = 8
 HUGE_ROW = 1 / 64
-# Called (from a reader thread) the first time a page holds a huge row. The CLI sets
-# it to make glibc unmap large blocks when freed (cli.py ``_huge_rows``): a process-wide
-# allocator setting that a library should not change behind its caller's back.
-on_huge_rows: Callable[[], None] | None = None
-_huge_rows_seen = False
 _ROW_OVERHEAD = 8  # bytes per cell beside its text (offsets, validity), for the page budget
 
 
@@ -178,7 +173,7 @@ class Reads:
 class Unplaced:
     """Rows whose time is not an instant, excluded because a time filter was given."""
 
-    keys: list[str] = field(default_factory=list)
+    keys: list[str | None] = field(default_factory=list)
     values: list[str | None] = field(default_factory=list)
 
 
@@ -216,7 +211,7 @@ class Archive:
             raise ValueError("retries must be 0 or more")
         self.retries = retries
         self.retried = 0  # retries while opening
-        self.cancel: threading.Event | None = None  # set by the runner: stops a retry's wait
+        self.cancel = threading.Event()  # set by the runner: stops a retry's wait (a stream failed)
         self.path = Path(path)
         # The archive as the user named it: ``path`` may be a snapshot copy of it (see snapshot()).
         self.origin = Path(origin) if origin is not None else self.path
@@ -340,7 +335,7 @@ class Archive:
             return int(table.column(0)[0].as_py())
         sql = f"SELECT CAST(p.{_quote(rtype.time)} AS TEXT) AS t {others}"
         table = retrying(lambda: self.read_table(sql, params), self.retries, rtype.name, cancel=self.cancel)
-        times = _frame(table).get_column("t")
+        times = frame(table).get_column("t")
         return int(filters.keep(*parse_instants(times)).sum())
 
     def __enter__(self) -> Archive:
@@ -408,16 +403,21 @@ class Archive:
         reads: Reads | None = None,
         bucket_bytes: int | None = None,
         batch_bytes: int = BATCH_BYTES,
+        tuning: Tuning | None = None,
+        open_files: OpenFiles | None = None,
     ) -> RecordSource:
         """The rows of ``rtype`` that pass ``filters``, in export order, as record batches.
 
         ``spill_dir`` is where a large table is sorted on disk (default: the system
         temp folder). ``reads`` narrows what is read (the rest comes back NULL).
+        ``tuning``: page and bucket sizes, the huge-row hook; ``open_files``: the
+        run's budget of open sort files.
         """
         self.check(rtype)
         source = RecordSource(
-            self, rtype, filters, batch_size, spill_dir, bucket_bytes=bucket_bytes, reads=reads, batch_bytes=batch_bytes
-        )
+            self, rtype, filters, batch_size, spill_dir, bucket_bytes=bucket_bytes, reads=reads,
+            batch_bytes=batch_bytes, tuning=tuning, open_files=open_files,
+        )  # fmt: skip
         self._sources.append(source)
         return source
 
@@ -459,7 +459,13 @@ class RecordSource:
         bucket_bytes: int | None = None,
         reads: Reads | None = None,
         batch_bytes: int = BATCH_BYTES,
+        tuning: Tuning | None = None,
+        open_files: OpenFiles | None = None,
     ):
+        tuning = tuning or Tuning()
+        self._page_rows = tuning.page_rows
+        self._huge_rows = Once(tuning.on_huge_rows)
+        self._open_files = open_files
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
         if batch_bytes < 1:
@@ -479,7 +485,7 @@ class RecordSource:
         self.start: Position | None = None  # set by resume(): pages() begins after it
         self._closed = False
         try:
-            size = self._bucket_bytes = BUCKET_BYTES if bucket_bytes is None else bucket_bytes
+            size = self._bucket_bytes = tuning.bucket_bytes if bucket_bytes is None else bucket_bytes
             self.total, self.plan = retrying(
                 lambda: self._plan(size), self.retries, f"{rtype.name}, planning", self._count_retry, archive.cancel
             )
@@ -547,7 +553,7 @@ class RecordSource:
                     if chunk is None:
                         break
                     rows += chunk.num_rows
-                    sample = pl.from_arrow(chunk.column(0)).gather_every(PLAN_SAMPLE)  # type: ignore[union-attr]
+                    sample = series(chunk.column(0)).gather_every(PLAN_SAMPLE)
                     keep, ninst, _ = self._placed(*parse_instants(sample))
                     counts.append(ninst.filter(keep).rename("k").value_counts(sort=False, name="n"))
             finally:
@@ -578,7 +584,7 @@ class RecordSource:
         return keep, (-us).fill_null(UNPLACED), (-ns).fill_null(0)
 
     def pages(self) -> Iterator[pa.Table]:
-        """The filtered rows in table order, in pages of at most ``PAGE_ROWS`` rows and
+        """The filtered rows in table order, in pages of at most ``Tuning.page_rows`` rows and
         ``batch_bytes`` bytes, with ``_ninst``.
 
         Keyset pages over ``rowid`` (never OFFSET); each page is its own
@@ -592,7 +598,7 @@ class RecordSource:
         rows they held.
         """
         r, f = self.rtype, self.filters
-        rows = max(self.batch_size, PAGE_ROWS)
+        rows = max(self.batch_size, self._page_rows)
         table = f"main.{_quote(r.table)} AS p"
         cols = ", ".join(self.reads.expression(c) for c in r.column_names)
         size = " + ".join([str(_ROW_OVERHEAD * (len(r.column_names) + 1)), *map(self.reads.size, r.column_names)])
@@ -618,15 +624,15 @@ class RecordSource:
                 break
             # One probe sizes several pages: it is read again only once its rows are used up.
             rids = sizes.column("_rid").to_pylist()
-            row_bytes = pl.from_arrow(sizes.column("_bytes")).cast(pl.Int64)  # type: ignore[union-attr]
+            row_bytes = series(sizes.column("_bytes")).cast(pl.Int64)
             ends = row_bytes.cum_sum()
             start = 0
             while start < len(rids):
                 base = int(ends[start - 1]) if start else 0
                 fit = int(ends.search_sorted(base + budget, side="right")) - start
-                if (row_bytes.slice(start, max(1, fit)).max() or 0) > huge_row:  # type: ignore[operator]
+                if row_bytes.slice(start, max(1, fit)).gt(huge_row).any():
                     fit = int(ends.search_sorted(base + huge_budget, side="right")) - start
-                    _huge_rows()
+                    self._huge_rows()
                 last = rids[start + max(1, fit) - 1]
                 params = [pa.array([after], pa.int64()), pa.array([last], pa.int64())]
                 if f.did is not None:
@@ -642,7 +648,7 @@ class RecordSource:
                 break
         self.total = seen
 
-    def resume(self, position: Position, unplaced_keys: list[object], unplaced_values: list[object]) -> None:
+    def resume(self, position: Position, unplaced_keys: list[str | None], unplaced_values: list[str | None]) -> None:
         """Make ``pages()`` continue after ``position`` (from a checkpoint), with the rows
         left out as unplaced before it."""
         self.start = position
@@ -653,13 +659,13 @@ class RecordSource:
         """A page with ``_ninst`` (its rows' instants), without rows the time filters leave out
         (those without an instant are kept aside in ``unplaced``); ``_last_rows`` its rows."""
         r, f = self.rtype, self.filters
-        us, ns = parse_instants(_frame(page.select([r.time])).to_series())
+        us, ns = parse_instants(frame(page.select([r.time])).to_series())
         keep, ninst, nsub = self._placed(us, ns)
         if f.timed:
             dropped = us.is_null()
             if dropped.any():
-                self.unplaced.keys.extend(pl.from_arrow(page.column(r.key)).filter(dropped).to_list())  # type: ignore[union-attr]
-                self.unplaced.values.extend(pl.from_arrow(page.column(r.time)).filter(dropped).to_list())  # type: ignore[union-attr]
+                self.unplaced.keys.extend(series(page.column(r.key)).filter(dropped).to_list())
+                self.unplaced.values.extend(series(page.column(r.time)).filter(dropped).to_list())
         out = page.drop_columns(["_rid"]).append_column(NINST, ninst.to_arrow()).append_column(NSUB, nsub.to_arrow())
         if not keep.all():
             out = out.filter(keep.to_arrow())
@@ -669,7 +675,7 @@ class RecordSource:
     def sorter(self, order: list[str] | None = None) -> BucketSorter:
         """An external sorter with this source's plan (default order: instant, then key)."""
         order = order or [NINST, NSUB, self.rtype.key]
-        return BucketSorter(self.plan, order, self.spill_dir, 4 * self._bucket_bytes)
+        return BucketSorter(self.plan, order, self.spill_dir, 4 * self._bucket_bytes, self._open_files)
 
     def __iter__(self) -> Iterator[pa.RecordBatch]:
         with self.sorter() as sorter:
@@ -706,20 +712,12 @@ def _copy_file(fd: int, dest: Path) -> None:
             done += n
 
 
-def _huge_rows() -> None:
-    global _huge_rows_seen
-    if not _huge_rows_seen and on_huge_rows is not None:
-        _huge_rows_seen = True
-        on_huge_rows()
-
-
 def row_bytes(table: pa.Table) -> pl.Series:
     """Each row's bytes in Arrow: its strings' lengths, plus ``_ROW_OVERHEAD`` a cell."""
     total = pl.Series("b", [_ROW_OVERHEAD * table.num_columns] * table.num_rows, pl.Int64)
     for column in table.columns:
         if pa.types.is_string(column.type) or pa.types.is_binary(column.type) or pa.types.is_large_string(column.type):
-            lengths = pl.from_arrow(pc.binary_length(column))
-            total = total + lengths.cast(pl.Int64).fill_null(0)  # type: ignore[union-attr]
+            total = total + series(pc.binary_length(column)).cast(pl.Int64).fill_null(0)
     return total
 
 
@@ -763,12 +761,6 @@ def range_metadata(table: pa.Table, key: str) -> dict[str, str]:
         "last_instant": str(ninst[-1]),
         "last_key": keys[-1].as_py() or "",
     }
-
-
-def _frame(table: pa.Table | pa.RecordBatch) -> pl.DataFrame:
-    df = pl.from_arrow(table)
-    assert isinstance(df, pl.DataFrame)
-    return df
 
 
 def key_range(batch: pa.RecordBatch) -> str:
@@ -823,7 +815,10 @@ def retrying(
                 raise
             delay = _delay(attempt)
             attempt += 1
-            log.warning("retry %d/%d in %.1f s: %s (%s)", attempt, retries, delay, _adbc_message(e), where)
+            log.warning(
+                "retry %d/%d in %.1f s: %s (%s)", attempt, retries, delay, _adbc_message(e), where,
+                extra={"event": "retry"},
+            )  # fmt: skip
             if on_retry is not None:
                 on_retry()
             if cancel is None:

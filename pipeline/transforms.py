@@ -21,6 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.json as pa_json
 
+from .frames import frame
 from .records import Column, RecordType
 from .sort import NINST, NSUB, UNPLACED
 from .timestamps import apply_steps, format_instant, instant_steps, ns_column, out_of_range
@@ -156,12 +157,6 @@ def _convert(col: Column, raw: pl.Expr) -> pl.Expr:
 # --- typed ------------------------------------------------------------------------
 
 
-def _frame(batch: pa.RecordBatch | pa.Table) -> pl.DataFrame:
-    df = pl.from_arrow(batch)
-    assert isinstance(df, pl.DataFrame)
-    return df
-
-
 def to_batch(df: pl.DataFrame) -> pa.RecordBatch:
     """A Polars frame as one Arrow record batch (also when it has no rows)."""
     table = df.to_arrow()
@@ -171,8 +166,8 @@ def to_batch(df: pl.DataFrame) -> pa.RecordBatch:
 
 
 def _typed_frame(plan: _Plan, rtype: RecordType, batch: pa.RecordBatch | pa.Table) -> pl.DataFrame:
-    frame = _frame(batch).lazy().with_columns(pl.col(c).cast(pl.String) for c in rtype.column_names)
-    return apply_steps(frame, [list(s) for s in plan.typed_steps]).collect()
+    lazy = frame(batch).lazy().with_columns(pl.col(c).cast(pl.String) for c in rtype.column_names)
+    return apply_steps(lazy, [list(s) for s in plan.typed_steps]).collect()
 
 
 def _has_instant(batch: pa.RecordBatch | pa.Table) -> bool:
@@ -324,7 +319,7 @@ def _reason(col: Column) -> pl.Expr:
 
 def rejects(rtype: RecordType, typed_batch: pa.RecordBatch) -> pa.RecordBatch:
     """One row per cell that could not be converted: its row key, column, stored value, reason."""
-    return _rejects(_plan(rtype), rtype, _frame(typed_batch)).drop_columns(list(REJECT_ORDER))
+    return _rejects(_plan(rtype), rtype, frame(typed_batch)).drop_columns(list(REJECT_ORDER))
 
 
 # --- CSV ------------------------------------------------------------------------------
@@ -359,7 +354,7 @@ def csv_schema(rtype: RecordType) -> pa.Schema:
 
 def csv_batch(rtype: RecordType, typed_batch: pa.RecordBatch) -> pa.RecordBatch:
     """The CSV columns of ``rtype`` (headers as names): text, integers and booleans."""
-    return to_batch(_frame(typed_batch).select(_plan(rtype).csv))
+    return to_batch(frame(typed_batch).select(_plan(rtype).csv))
 
 
 _MEDIA_SOURCE = "embed_data"
@@ -411,8 +406,7 @@ def _hashes(embeds: pa.ChunkedArray) -> pl.Series:
     images = _fullsize_hashes(pc.struct_field(e, "images"))
     media_images = _fullsize_hashes(pc.struct_field(pc.struct_field(e, "media"), "images"))
     thumb = _hash_of(pc.struct_field(pc.struct_field(e, "external"), "thumb"))
-    df = pl.from_arrow(pa.table({"a": images, "b": media_images, "c": thumb}))
-    assert isinstance(df, pl.DataFrame)
+    df = frame(pa.table({"a": images, "b": media_images, "c": thumb}))
 
     def joined(name: str) -> pl.Expr:
         urls = pl.col(name).list.drop_nulls()
@@ -503,4 +497,4 @@ def _json_fragment(col: Column) -> pl.Expr:
 
 def json_batch(rtype: RecordType, typed_batch: pa.RecordBatch) -> pa.RecordBatch:
     """One column, ``json``: each row as a compact JSON object in the spec's key order."""
-    return to_batch(_frame(typed_batch).select(_plan(rtype).json))
+    return to_batch(frame(typed_batch).select(_plan(rtype).json))

@@ -23,7 +23,22 @@ def _load_generator():
     return module
 
 
-make_archive = _load_generator().make_archive
+generator = _load_generator()
+make_archive = generator.make_archive
+
+
+def altered(source: Path, copy: Path, *sql: str) -> Path:
+    """A copy of the archive ``source`` at ``copy`` with the ``sql`` statements run on it."""
+    import shutil
+    import sqlite3
+
+    shutil.copy(source, copy)
+    con = sqlite3.connect(copy)
+    for statement in sql:
+        con.execute(statement)
+    con.commit()
+    con.close()
+    return copy
 
 
 @pytest.fixture(scope="session")
@@ -47,9 +62,11 @@ def archive_null_prefix(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def run_cli(*args: str | os.PathLike[str], **kwargs) -> subprocess.CompletedProcess[str]:
-    """Run the installed console script's module as a separate process."""
+    """Run the installed console script's module as a separate process; with
+    ``PIPELINE_KILL_AT`` in ``env``, the same command with a kill switch (killable_cli.py)."""
+    script = "killable_cli.py" if "PIPELINE_KILL_AT" in (kwargs.get("env") or {}) else "../cli.py"
     return subprocess.run(
-        [sys.executable, str(ROOT / "cli.py"), *map(str, args)],
+        [sys.executable, str(ROOT / "tests" / script), *map(str, args)],
         capture_output=True,
         text=True,
         cwd=kwargs.pop("cwd", ROOT),

@@ -15,8 +15,8 @@ from hypothesis import strategies as st
 from test_export import check_export
 
 from pipeline import POSTS, Archive, Filters
-from pipeline import source as source_module
 from pipeline.source import HUGE_PAGES_PER_BATCH, HUGE_ROW, PAGES_PER_BATCH, RecordSource, rebatch
+from pipeline.tuning import Tuning
 
 MIB = 2**20
 CELL = 8  # bytes a cell counts beside its text (the source's _ROW_OVERHEAD)
@@ -102,11 +102,10 @@ def test_huge_rows_call_the_allocator_hook_once(fixture_archive, huge_rows, monk
     """The CLI's hook (glibc unmaps large blocks when freed) runs once huge rows are read,
     never for ordinary ones."""
     calls = []
-    monkeypatch.setattr(source_module, "on_huge_rows", lambda: calls.append(1))
-    monkeypatch.setattr(source_module, "_huge_rows_seen", False)
+    tuning = Tuning(on_huge_rows=lambda: calls.append(1))
     for db, expected in ((fixture_archive, []), (huge_rows, [1])):
         with Archive(db) as archive:
-            source = RecordSource(archive, POSTS, Filters(), 1000, batch_bytes=MIB)
+            source = RecordSource(archive, POSTS, Filters(), 1000, batch_bytes=MIB, tuning=tuning)
             assert sum(p.num_rows for p in source.pages()) > 1000
             source.close()
         assert calls == expected, db
@@ -119,8 +118,6 @@ def test_the_command_installs_the_hook_and_it_lowers_the_mmap_threshold(huge_row
 
     calls = []
     monkeypatch.setattr(cli, "_huge_rows", lambda: calls.append("hook"))
-    monkeypatch.setattr(source_module, "on_huge_rows", None)
-    monkeypatch.setattr(source_module, "_huge_rows_seen", False)
     monkeypatch.setattr(cli.signal, "signal", lambda *a: None)  # keep pytest's handlers
     args = ["run", "export", str(huge_rows), "--out", str(tmp_path / "o"), "-f", "csv", "--batch-bytes", "1M", "-q"]
     result = CliRunner().invoke(cli.app, args)

@@ -179,19 +179,15 @@ def test_every_cut_of_the_runner_gives_the_same_bytes(fixture_archive, tmp_path,
     the bytes are those of an export with the defaults (one page, one bucket), and match the oracle."""
     import sqlite3
 
-    from pipeline import sort, source, streams
-
     n = sqlite3.connect(fixture_archive).execute("SELECT count(*) FROM posts").fetchone()[0]
     formats = ["csv", "json", "ndjson"]
     pipeline.export(fixture_archive, tmp_path / "default", formats=formats)
     want = _data_files(tmp_path / "default")
-    monkeypatch.setattr(source, "PAGE_ROWS", 0)
-    monkeypatch.setattr(source, "BUCKET_BYTES", 40_000)  # ~30 rows a bucket
-    monkeypatch.setattr(sort, "MAX_OPEN", 3)
-    monkeypatch.setattr(streams, "WRITE_ROWS", 13)
+    # ~30 rows a bucket, 3 bucket files open at once, pages of --batch-size rows, chunks of 13
+    tuning = pipeline.Tuning(page_rows=0, bucket_bytes=40_000, open_files=3, write_rows=13)
     for size in [1, 7, 999, 1000, 1001, n + 5]:
         out = tmp_path / f"cut{size}"
-        pipeline.export(fixture_archive, out, formats=formats, batch_size=size)
+        pipeline.export(fixture_archive, out, formats=formats, batch_size=size, tuning=tuning)
         assert _data_files(out) == want, size
     check_export(tmp_path / "cut7", fixture_archive, formats)
 

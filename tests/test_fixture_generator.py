@@ -5,7 +5,6 @@ from __future__ import annotations
 import calendar
 import filecmp
 import hashlib
-import importlib.util
 import json
 import re
 import sqlite3
@@ -13,19 +12,9 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
+from conftest import generator
 
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def _load_generator():
-    spec = importlib.util.spec_from_file_location("make_archive", ROOT / "data" / "fixtures" / "make_archive.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-gen = _load_generator()
+gen = generator
 
 # Go's time.Time.String(): 'YYYY-MM-DD HH:MM:SS[.f] ±HHMM ZONE[ m=±S.NNNNNNNNN]'.
 GO_TIME = re.compile(

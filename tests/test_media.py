@@ -10,7 +10,7 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-from conftest import run_cli
+from conftest import altered, run_cli
 from oracle import instant
 
 import pipeline
@@ -119,12 +119,7 @@ def test_media_copied_listed_or_refused(media_archive, tmp_path, opts):
 
 
 def test_media_table_needed_when_asked(tmp_path, fixture_archive):
-    db = tmp_path / "nomedia.db"
-    shutil.copy(fixture_archive, db)
-    con = sqlite3.connect(db)
-    con.execute("DROP TABLE media")
-    con.commit()
-    con.close()
+    db = altered(fixture_archive, tmp_path / "nomedia.db", "DROP TABLE media")
     with pytest.raises(pipeline.ArchiveError, match="no 'media' table"):
         pipeline.export(db, tmp_path / "out", include_media=True)
     assert not (tmp_path / "out").exists()

@@ -267,10 +267,9 @@ def test_unreadable_out_maps_to_output_error(tmp_path, fixture_archive, earlier_
 
 
 def test_spill_read_error_names_the_bucket(tmp_path, fixture_archive, earlier_export, monkeypatch):
-    from pipeline import sort, source
+    from pipeline import Tuning, sort
 
     before = _snapshot(earlier_export)
-    monkeypatch.setattr(source, "BUCKET_BYTES", 100_000)
     calls = []
     real_open = sort.ipc.open_stream
 
@@ -282,5 +281,7 @@ def test_spill_read_error_names_the_bucket(tmp_path, fixture_archive, earlier_ex
 
     monkeypatch.setattr(sort.ipc, "open_stream", flaky_open)
     with pytest.raises(pipeline.ExportError, match=r"Input/output error \(posts, batch rows created up to \d{4}-"):
-        pipeline.export(fixture_archive, earlier_export, formats=["csv"], types=["posts"])
+        pipeline.export(
+            fixture_archive, earlier_export, formats=["csv"], types=["posts"], tuning=Tuning(bucket_bytes=100_000)
+        )
     assert _snapshot(earlier_export) == before and list(tmp_path.glob(".*")) == []

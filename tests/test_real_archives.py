@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import make_archive, run_cli
+from conftest import altered, make_archive, run_cli
 from oracle import expected_posts, instant
 from test_export import check_export
 
@@ -172,12 +172,7 @@ def test_did_self_is_the_owner(real, tmp_path):
 
 
 def test_did_self_without_a_profile_is_exit_3(real, tmp_path):
-    db = tmp_path / "noprofile.db"
-    shutil.copy(real, db)
-    con = sqlite3.connect(db)
-    con.execute("DELETE FROM profiles")
-    con.commit()
-    con.close()
+    db = altered(real, tmp_path / "noprofile.db", "DELETE FROM profiles")
     with pytest.raises(ArchiveError, match="no profile"):
         pipeline.export(db, tmp_path / "out", did="self")
     r = run_cli("run", "export", db, "--out", tmp_path / "out", "--did", "self")

@@ -1,7 +1,7 @@
 """--resume after SIGKILL: checkpoints, byte-identical output, refusals; stale staging folders, `pipeline clean`.
 
 The export is killed with SIGKILL at chosen places (``PIPELINE_KILL_AT``, see
-pipeline.checkpoint.killpoint) and at random moments from outside; ``--resume``
+tests/killable_cli.py) and at random moments from outside; ``--resume``
 must then publish the same bytes as an uninterrupted run, which is itself
 checked against the stdlib oracle.
 """

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import time
 
-from pipeline.streams import prefetch
+from pipeline.convert import prefetch
 
 
 def test_closing_prefetch_waits_for_the_reader():

@@ -6,8 +6,8 @@ import random
 
 import pyarrow as pa
 
-from pipeline import sort
 from pipeline.sort import NINST, BucketSorter, Plan
+from pipeline.tuning import OpenFiles
 
 
 def _rows(n: int, seed: int) -> pa.Table:
@@ -17,10 +17,10 @@ def _rows(n: int, seed: int) -> pa.Table:
     return pa.table({NINST: pa.array(ninst, pa.int64()), "key": keys})
 
 
-def test_sorters_share_the_open_file_budget(tmp_path, monkeypatch):
-    monkeypatch.setattr(sort, "MAX_OPEN", 24)
+def test_sorters_share_the_open_file_budget(tmp_path):
+    budget = OpenFiles(24)
     plan = Plan(tuple(range(-9_900, 0, 100)))  # 100 buckets
-    sorters = [BucketSorter(plan, [NINST, "key"], tmp_path) for _ in range(6)]
+    sorters = [BucketSorter(plan, [NINST, "key"], tmp_path, open_files=budget) for _ in range(6)]
     tables = [_rows(3000, seed) for seed in range(6)]
     try:
         for page in range(10):
@@ -34,4 +34,4 @@ def test_sorters_share_the_open_file_budget(tmp_path, monkeypatch):
     finally:
         for s in sorters:
             s.close()
-    assert sort._live[0] == 0 and not any(tmp_path.iterdir())
+    assert budget.share() == budget.budget and not any(tmp_path.iterdir())  # every sorter left

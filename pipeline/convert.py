@@ -1,0 +1,241 @@
+"""Pages converted on the run's converter threads, and converted chunks handed to the sinks.
+
+``convert_all`` converts a stream's pages in any order (they are sorted next) and
+says which prefix of pages is settled (for checkpoints); ``convert_in_order``
+keeps page order (ops). A converted page is one Arrow table: the sort keys
+(``_ninst``, ``_nsub``, the key), the CSV columns (``csv:<header>``) and the JSON
+text (``json``). ``prefetch`` reads an iterator ahead on a thread of its own.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import functools
+import queue
+import threading
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, as_completed, wait
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+import pyarrow as pa
+
+from . import transforms
+from .errors import ExportError, PipelineError
+from .records import RecordType
+from .sinks import Sink
+from .sort import NINST, NSUB
+from .source import Position, key_range, range_metadata
+
+T = TypeVar("T")
+
+
+def convert_in_order(
+    rtype: RecordType, pages: Iterable[pa.Table], formats: frozenset[str], pool: ThreadPoolExecutor, ahead: int
+) -> Iterator[tuple[pa.Table, tuple[pa.Table, pa.Table]]]:
+    """Like ``convert_all``, but results come back in page order (at most ``ahead`` ahead)."""
+    running: collections.deque[tuple[pa.Table, Future[tuple[pa.Table, pa.Table]]]] = collections.deque()
+    try:
+        for page in pages:
+            running.append((page, pool.submit(_convert, rtype, page, formats)))
+            if len(running) > ahead:
+                done, future = running.popleft()
+                yield done, future.result()
+        while running:
+            done, future = running.popleft()
+            yield done, future.result()
+    finally:
+        for _, f in running:
+            f.cancel()
+
+
+KEY = "_key"
+CSV_PREFIX = "csv:"
+
+
+def convert_all(
+    rtype: RecordType, pages: Iterable[pa.Table], formats: frozenset[str], pool: ThreadPoolExecutor, ahead: int
+) -> Iterator[tuple[Position, int, Position | None, tuple[pa.Table, pa.Table]]]:
+    """Convert pages on the converter ``pool`` (Polars and pyarrow release the GIL), at most
+    ``ahead`` pages of this stream in flight. Results come back in any order: they are sorted next.
+
+    Each comes as (its page's position, its page's rows, settled, result): ``settled`` is
+    the position of the last page of the prefix of pages whose results have all come
+    back, once this one is taken, if no later page's result has come back yet (the pages
+    taken are exactly that prefix: a checkpoint can name it); else None.
+    """
+    running: set[Future[tuple[pa.Table, pa.Table]]] = set()
+    # Pages by number, in submission order; a taken future is not kept (it holds its result).
+    order: collections.deque[tuple[int, Position]] = collections.deque()
+    info: dict[Future[tuple[pa.Table, pa.Table]], tuple[int, Position, int]] = {}
+    taken: set[int] = set()
+
+    def take(f: Future[tuple[pa.Table, pa.Table]]) -> tuple[Position, int, Position | None, tuple[pa.Table, pa.Table]]:
+        result = f.result()
+        number, position, n = info.pop(f)
+        taken.add(number)
+        settled = None
+        while order and order[0][0] in taken:
+            done, settled = order.popleft()
+            taken.discard(done)
+        return position, n, settled if not taken else None, result
+
+    try:
+        for number, page in enumerate(pages):
+            future = pool.submit(_convert, rtype, page, formats)
+            position = Position.of(page)
+            info[future] = (number, position, page.num_rows)
+            order.append((number, position))
+            running.add(future)
+            if len(running) >= ahead:
+                done, running = wait(running, return_when=FIRST_COMPLETED)
+                for f in done:
+                    yield take(f)
+        for f in as_completed(running):
+            yield take(f)
+    finally:
+        for f in running:
+            f.cancel()
+
+
+def _convert(rtype: RecordType, page: pa.Table, formats: frozenset[str]) -> tuple[pa.Table, pa.Table]:
+    """One page converted: (sort keys + CSV columns + JSON text, rejects + sort keys)."""
+    try:
+        out = transforms.transform(rtype, page, formats)
+    except PipelineError:
+        raise
+    except Exception as e:
+        raise ExportError(
+            f"converting rows failed: {e}", record_type=rtype.name, key_range=page_range(page, rtype.key)
+        ) from e
+    ninst, nsub = page.column(NINST), page.column(NSUB)
+    cols, names = [ninst, nsub], [NINST, NSUB]
+    if sort_key(rtype, formats) == KEY:
+        cols.append(page.column(rtype.key))
+        names.append(KEY)
+    if out.csv is not None:
+        cols += out.csv.columns
+        names += [CSV_PREFIX + n for n in out.csv.schema.names]
+    if out.json is not None:
+        cols.append(out.json.column(0))
+        names.append("json")
+    converted = pa.Table.from_arrays(cols, names=names)
+    bad = pa.Table.from_batches([out.rejects])
+    rows = bad.column("_row")
+    bad = bad.append_column(NINST, ninst.take(rows)).append_column(NSUB, nsub.take(rows))
+    bad = bad.append_column(KEY, bad.column("key"))
+    return converted, bad
+
+
+@functools.cache
+def sort_key(rtype: RecordType, formats: frozenset[str]) -> str:
+    """The column converted rows are sorted by after the instant: the key as stored.
+
+    A CSV export already carries it as a text column (nulls stay null, text as
+    stored), so it is not spilled twice (15% of a CSV export's spill).
+    """
+    if "csv" in formats:
+        text = {c.name for c in rtype.columns if c.kind == "text"}
+        for c in rtype.csv:
+            if c.source == rtype.key and c.source in text and c.null_as is None:
+                return CSV_PREFIX + c.header
+    return KEY
+
+
+def page_range(page: pa.Table, key: str) -> str:
+    keys = page.column(key)
+    return f"rows {keys[0].as_py()} … {keys[-1].as_py()} in table order" if page.num_rows else "empty page"
+
+
+def write_chunk(
+    sinks: dict[str, Sink], formats: Sequence[str], chunk: pa.RecordBatch, rtype: RecordType, key: str
+) -> None:
+    """A converted chunk into each format's sink (CSV: the ``csv:`` columns; JSON: ``json``)."""
+    fmt = formats[0]
+    try:
+        for fmt in formats:
+            if fmt == "csv":
+                names = [n for n in chunk.schema.names if n.startswith(CSV_PREFIX)]
+                part = chunk.select(names).rename_columns([n[len(CSV_PREFIX) :] for n in names])
+            else:
+                part = chunk.select(["json"])
+            sinks[fmt].write(part)
+    except OSError as e:
+        span = key_range(chunk.replace_schema_metadata(range_metadata(chunk, key)))
+        raise ExportError(
+            f"writing the export failed: {e.strerror or e} ({sinks[fmt].path})", record_type=rtype.name, key_range=span
+        ) from None
+
+
+def prefetch(items: Iterable[T], depth: int) -> Generator[T, None, None]:
+    """Iterate ``items`` in a background thread, at most ``depth`` items ahead."""
+    q: queue.Queue[_Item[T] | _Failed | None] = queue.Queue(maxsize=depth)  # None: the end
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for item in items:
+                while not stop.is_set():
+                    try:
+                        q.put(_Item(item), timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            q.put(None)
+        except BaseException as e:  # handed to the consumer, raised there
+            q.put(_Failed(e))
+        finally:
+            close = getattr(items, "close", None)
+            if close is not None:  # a generator's cleanup runs here, in its own thread
+                close()
+
+    thread = threading.Thread(target=produce, name="reader", daemon=True)
+    thread.start()
+    try:
+        while True:
+            got = q.get()
+            if isinstance(got, _Item):
+                yield got.value
+            elif isinstance(got, _Failed):
+                raise got.error
+            else:
+                return
+    finally:
+        stop.set()
+
+        def drained() -> bool:  # a blocked producer sees the stop flag once there is room
+            with contextlib.suppress(queue.Empty):
+                q.get(timeout=0.1)
+            return not thread.is_alive()
+
+        # The caller closes what the thread reads from: wait for it to end.
+        if thread.is_alive():
+            uninterrupted(drained)
+
+
+def uninterrupted(step: Callable[[], bool]) -> None:
+    """Call ``step`` until it returns True, through interrupts: threads being stopped are
+    waited for even if another Ctrl-C or signal comes meanwhile; the first such interrupt
+    is raised once they are done."""
+    pending: BaseException | None = None
+    while True:
+        try:
+            if step():
+                break
+        except BaseException as e:
+            pending = pending or e
+    if pending is not None:
+        raise pending
+
+
+@dataclass(frozen=True)
+class _Item(Generic[T]):
+    value: T
+
+
+@dataclass(frozen=True)
+class _Failed:
+    error: BaseException

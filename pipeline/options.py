@@ -1,0 +1,113 @@
+"""``ExportOptions``: what an export is asked to do, validated once, and its fingerprint.
+
+Every CLI option maps to one field (``pipeline run export --help``); the
+library's ``export(**kw)`` builds the same object. Invalid values raise
+``UsageError`` (exit 2) before anything is opened.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+from .errors import UsageError
+from .records import RECORD_TYPES
+from .sinks import SINKS
+from .source import BATCH_BYTES, RETRIES, Filters, iso_bound
+from .version import __version__
+
+FORMATS = tuple(SINKS)
+DEFAULT_FORMATS = ("csv", "json")
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    """An export's options; ``filters`` is derived (the time bounds parsed). ``did`` may be
+    ``"self"``: the archive's owner, resolved once the archive is open."""
+
+    archive: Path
+    out: Path | None = None
+    formats: tuple[str, ...] = DEFAULT_FORMATS
+    types: tuple[str, ...] | None = None  # None: every type the archive has
+    ops: bool = False
+    include_media: bool = False
+    media_root: Path | None = None
+    jobs: int | None = None
+    did: str | None = None
+    since: str | datetime | None = None
+    until: str | datetime | None = None
+    batch_size: int = 1000
+    batch_bytes: int = BATCH_BYTES
+    max_rejects: int | None = None
+    retries: int = RETRIES
+    skip_unchanged: bool = False
+    resume: bool = False
+    filters: Filters = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        unknown = [f for f in self.formats if f not in SINKS]
+        if unknown or not self.formats:
+            raise UsageError(f"unknown format(s): {', '.join(unknown) or '(none)'}; choose from {', '.join(FORMATS)}")
+        if self.batch_size < 1:
+            raise UsageError(f"--batch-size must be at least 1, not {self.batch_size}")
+        if self.batch_bytes < 2**20:
+            raise UsageError(f"--batch-bytes must be at least 1 MiB, not {self.batch_bytes}")
+        if self.retries < 0:
+            raise UsageError(f"--retries must be 0 or more, not {self.retries}")
+        if self.max_rejects is not None and self.max_rejects < 0:
+            raise UsageError(f"--max-rejects must be 0 or more, not {self.max_rejects}")
+        if self.jobs is not None and self.jobs < 1:
+            raise UsageError(f"--jobs must be at least 1, not {self.jobs}")
+        object.__setattr__(self, "filters", Filters.parse(did=self.did, since=self.since, until=self.until))
+
+    def fingerprint(self, types: Sequence[str], filters: Filters) -> dict[str, object]:
+        """What the files depend on: the archive's identity and the options that shape them.
+
+        The archive is identified by its path, size and modification time, and
+        those of its write-ahead log if it has one (SQLite writes to the log first),
+        not by a hash of its content, which would read the whole archive once more.
+        ``types`` and ``filters`` as resolved against the archive (``--did self``).
+        ``--jobs``, ``--batch-size``, ``--batch-bytes`` and ``--retries`` are left
+        out: the files do not depend on them.
+        """
+        path = self.archive.resolve()
+        inputs: dict[str, object] = {
+            "tool_version": __version__,
+            "archive": {"path": str(path), **(_identity(path) or {})},
+            "wal": _identity(path.with_name(path.name + "-wal")),
+            "formats": list(self.formats),
+            "types": list(types),
+            "ops": self.ops,
+            "include_media": self.include_media,
+            "media_root": None if self.media_root is None else str(self.media_root.resolve()),
+            "filters": {"did": filters.did, "since": iso_bound(filters.since), "until": iso_bound(filters.until)},
+        }
+        digest = hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()
+        return {"sha256": digest, **inputs}
+
+
+def _identity(path: Path) -> dict[str, object] | None:
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return None
+    return {"size_bytes": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def parse_types(types: Sequence[str] | str | None) -> tuple[str, ...] | None:
+    """Record type names from ``--types`` (comma-separated, repeatable); None for all."""
+    if types is None:
+        return None
+    if isinstance(types, str):
+        types = [types]
+    names = tuple(dict.fromkeys(n.strip() for t in types for n in t.split(",") if n.strip()))
+    unknown = [n for n in names if n not in RECORD_TYPES]
+    if unknown or not names:
+        raise UsageError(
+            f"unknown record type(s): {', '.join(unknown) or '(none)'}; choose from {', '.join(RECORD_TYPES)}"
+        )
+    return names

@@ -1,0 +1,108 @@
+"""How an export runs, as values: ``Tuning`` (sizes, threads, clocks, hooks), ``OpenFiles`` and ``Once``.
+
+Nothing here changes the bytes of an export: the files are the same for any
+tuning. Tests pass a ``Tuning`` instead of patching module globals; the CLI
+passes its allocator hook (``on_huge_rows``) here, so the library never
+changes the process's allocator behind its caller's back.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+CHECKPOINT_SECONDS = 2.0
+
+
+def _open_file_budget() -> int:
+    """Sort bucket files open for writing at once, over all sorters of a run: half the
+    descriptor limit, 16 to 512."""
+    try:
+        import resource
+
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    except (ImportError, OSError, ValueError):  # not POSIX
+        return 128
+    if soft == resource.RLIM_INFINITY:
+        return 512
+    return 2 * max(8, min(256, soft // 4))
+
+
+def _converters() -> int:
+    return min(2, os.cpu_count() or 1)
+
+
+@dataclass(frozen=True)
+class Tuning:
+    """Sizes, threads and hooks of a run; the output does not depend on any of them.
+
+    ``page_rows``: rows a source page holds at least (Polars' fixed cost per call
+    dominates smaller ones). ``bucket_bytes``: the target size of a sort bucket.
+    ``converters``: threads converting pages, shared by all streams. ``write_rows``:
+    rows per chunk handed to the sinks. ``prefetch``: pages read ahead of the
+    converters by a stream running alone. ``checkpoint_seconds``: how often a
+    stream records where it stands. ``open_files``: sort files open at once, over
+    all sorters. ``on_huge_rows``: called once, from a reader thread, the first
+    time a page holds a huge row (the CLI makes glibc unmap large blocks).
+    ``on_event``: called at each phase boundary with its name (``posts.page``,
+    ``publish``, ...), a test seam for killing the process at a chosen place.
+    """
+
+    page_rows: int = 16_384
+    bucket_bytes: int = 16 * 2**20
+    converters: int = field(default_factory=_converters)
+    write_rows: int = 16_384
+    prefetch: int = 1
+    checkpoint_seconds: float = CHECKPOINT_SECONDS
+    open_files: int = field(default_factory=_open_file_budget)
+    on_huge_rows: Callable[[], None] | None = None
+    on_event: Callable[[str], None] | None = None
+
+    @classmethod
+    def from_env(cls) -> Tuning:
+        """The defaults, with ``checkpoint_seconds`` from ``PIPELINE_CHECKPOINT_SECONDS`` if set."""
+        try:
+            return cls(checkpoint_seconds=max(0.0, float(os.environ["PIPELINE_CHECKPOINT_SECONDS"])))
+        except (KeyError, ValueError):
+            return cls()
+
+    def event(self, name: str) -> None:
+        if self.on_event is not None:
+            self.on_event(name)
+
+
+class OpenFiles:
+    """The run's budget of open sort files, shared by the sorters alive at once: each may keep
+    ``share()`` writers open (a bucket whose writer was closed gets another part file)."""
+
+    def __init__(self, budget: int):
+        self.budget = budget
+        self._sorters = 0
+        self._lock = threading.Lock()
+
+    def join(self) -> None:
+        with self._lock:
+            self._sorters += 1
+
+    def leave(self) -> None:
+        with self._lock:
+            self._sorters -= 1
+
+    def share(self) -> int:
+        return max(4, self.budget // max(1, self._sorters))
+
+
+class Once:
+    """Calls ``fn`` the first time it is called, never again (thread-safe)."""
+
+    def __init__(self, fn: Callable[[], None] | None):
+        self._fn = fn
+        self._lock = threading.Lock()
+
+    def __call__(self) -> None:
+        with self._lock:
+            fn, self._fn = self._fn, None
+        if fn is not None:
+            fn()
