@@ -222,11 +222,16 @@ def export_command(
     from dataclasses import replace
 
     from pipeline import PipelineError, Tuning, export
-    from pipeline.progress import JsonLog, JsonProgress, for_terminal
+    from pipeline.progress import JsonLog, JsonProgress, for_terminal, interval_from_env
 
     tuning = replace(Tuning.from_env(), on_huge_rows=_huge_rows)
 
     log = JsonLog() if log_format == LogFormat.json else None
+    try:  # before anything could write it
+        _check_metrics_file(metrics_file, archive, out)
+    except PipelineError as e:
+        _Reporter(log).failed(str(e), e.exit_code, f"pipeline: error: {e}")
+        raise typer.Exit(e.exit_code) from None
     say = _Reporter(log, metrics_file)
     _log_to_stderr(log)
     signal.signal(signal.SIGTERM, _terminate)
@@ -237,7 +242,7 @@ def export_command(
     if log is None:
         progress = for_terminal(quiet)
     else:
-        interval = float(os.environ.get("PIPELINE_PROGRESS_INTERVAL", 5.0))
+        interval = interval_from_env()
         progress = JsonProgress(log, interval) if not quiet else None
     try:
         batch_bytes_ = _size(batch_bytes, "--batch-bytes")  # before --memray creates its file
@@ -281,7 +286,12 @@ def export_command(
         message = f"unexpected error: {type(e).__name__}: {e}"
         say.failed(message, 1, f"pipeline: {message} (run with --debug for details)")
         raise typer.Exit(1) from None
-    say.done(result, time.monotonic() - started, include_media)
+    # Published: a signal from now on cannot change that, so it is ignored while the process ends,
+    # and a summary that cannot be written (stderr closed, a broken pipe) does not fail the run.
+    for name in ("SIGINT", "SIGTERM", "SIGHUP"):
+        signal.signal(getattr(signal, name), signal.SIG_IGN)
+    with contextlib.suppress(OSError, ValueError):
+        say.done(result, time.monotonic() - started, include_media)
 
 
 @app.command("clean")
@@ -473,7 +483,27 @@ def _profiled(path: Path | None):
         tracker.__exit__(None, None, None)
 
 
+def _check_metrics_file(path: Path | None, archive: Path, out: Path | None) -> None:
+    """UsageError if ``--metrics-file`` would overwrite an input (the archive, its journal or
+    log) or land in the folder the export replaces."""
+    from pipeline import UsageError
+    from pipeline.publish import inside
+
+    if path is None:
+        return
+    real = Path(os.path.realpath(path))
+    inputs = [Path(os.path.realpath(archive))]
+    inputs += [inputs[0].with_name(inputs[0].name + s) for s in ("-wal", "-journal", "-shm")]
+    if real in inputs:
+        raise UsageError(f"--metrics-file {path} is the archive (or its journal): choose another file")
+    if out is not None and inside(real, out):
+        raise UsageError(f"--metrics-file {path} is inside --out, which the export replaces: choose another file")
+
+
 def main() -> None:
+    for name in ("stdout", "stderr"):  # closed by the caller (2>&-): messages go nowhere, the export still runs
+        if getattr(sys, name) is None:
+            setattr(sys, name, open(os.devnull, "w", encoding="utf-8"))  # noqa: SIM115 - lives as long as the process
     app(prog_name="pipeline")
 
 

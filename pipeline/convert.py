@@ -25,7 +25,7 @@ from . import transforms
 from .errors import ExportError, PipelineError
 from .records import RecordType
 from .sinks import Sink
-from .sort import NINST, NSUB
+from .sort import NINST, NSUB, RID
 from .source import Position, key_range, range_metadata
 
 T = TypeVar("T")
@@ -109,8 +109,8 @@ def _convert(rtype: RecordType, page: pa.Table, formats: frozenset[str]) -> tupl
         raise ExportError(
             f"converting rows failed: {e}", record_type=rtype.name, key_range=page_range(page, rtype.key)
         ) from e
-    ninst, nsub = page.column(NINST), page.column(NSUB)
-    cols, names = [ninst, nsub], [NINST, NSUB]
+    ninst, nsub, rid = page.column(NINST), page.column(NSUB), page.column(RID)
+    cols, names = [ninst, nsub, rid], [NINST, NSUB, RID]
     if sort_key(rtype, formats) == KEY:
         cols.append(page.column(rtype.key))
         names.append(KEY)
@@ -124,7 +124,7 @@ def _convert(rtype: RecordType, page: pa.Table, formats: frozenset[str]) -> tupl
     bad = pa.Table.from_batches([out.rejects])
     rows = bad.column("_row")
     bad = bad.append_column(NINST, ninst.take(rows)).append_column(NSUB, nsub.take(rows))
-    bad = bad.append_column(KEY, bad.column("key"))
+    bad = bad.append_column(KEY, bad.column("key")).append_column(RID, rid.take(rows))
     return converted, bad
 
 

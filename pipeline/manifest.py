@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from .media import MediaResult
+from .options import path_text
 from .publish import MANIFEST, TOOL
 from .sinks import FileResult
 from .source import Filters, iso_bound
@@ -68,7 +69,7 @@ def build(
         "version": __version__,
         "exported_at": datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
         "archive": {
-            "path": str(archive.resolve()),
+            "path": path_text(archive.resolve()),
             "size_bytes": read.stat().st_size,
             "read_from": "a copy taken under one read lock" if copied else "one read transaction",
         },

@@ -29,9 +29,10 @@ import adbc_driver_manager as adbc
 import polars as pl
 import pyarrow as pa
 
-from .errors import ExportError
+from .errors import ExportError, OutputError
 from .frames import frame
 from .progress import Phase, Progress
+from .publish import inside
 from .sinks import FileResult, HashingFile
 from .source import Archive, Filters, read_failed, retrying
 from .timestamps import parse_instants
@@ -177,6 +178,7 @@ def copy_media(
     budget: Any = None,
     *,
     root: MediaRoot | Path | None = None,
+    out: Path | None = None,
 ) -> MediaResult:
     """Copy the exported posts' blobs into ``folder/media``; list the missing and refused ones.
 
@@ -186,7 +188,7 @@ def copy_media(
     rows = media_rows(archive, filters)
     if not isinstance(root, MediaRoot):
         root = media_root(archive.origin, rows, root)
-    result = MediaResult(root=str(root.path), undecided=root.undecided)
+    result = MediaResult(root=os.fsencode(root.path).decode("utf-8", "backslashreplace"), undecided=root.undecided)
     root_path = Path(os.path.realpath(root.path))
     out_dir = folder / MEDIA_DIR
     progress.phase(Phase.COPYING, len(rows))
@@ -194,7 +196,7 @@ def copy_media(
         check = budget.check if budget is not None else (lambda: None)
         for blob_hash, mime, file_path in rows.iter_rows():
             check()  # another stream failed: stop
-            _copy_one(blob_hash, mime, file_path, root_path, out_dir, result, check)
+            _copy_one(blob_hash, mime, file_path, root_path, out_dir, result, check, out)
             progress.advance(1)
     finally:
         progress.stop()
@@ -216,7 +218,10 @@ def _copy_one(
     out_dir: Path,
     result: MediaResult,
     check: Callable[[], None],
+    out: Path | None = None,
 ) -> None:
+    """Copy one blob, or list it as missing or refused. OutputError if it lies in ``out``
+    (the folder the export replaces: publishing would remove the file it copied)."""
     blob_hash = _text(raw_hash)
     entry = {"hash": blob_hash, "file_path": _text(file_path)}
     if blob_hash is None or not _SAFE_NAME.fullmatch(blob_hash):
@@ -234,6 +239,8 @@ def _copy_one(
     if real != root and root not in real.parents:
         result.refused.append({**entry, "reason": "file_path leads outside the media root"})
         return
+    if out is not None and inside(real, out):
+        raise OutputError(f"media file {real} lies in --out {out}; publishing would remove it: choose another --out")
     try:  # O_NONBLOCK: a FIFO must not hang the export; it is refused below like a folder
         fd = os.open(real, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
     except OSError as e:

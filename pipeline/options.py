@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -22,6 +23,7 @@ from .version import __version__
 
 FORMATS = tuple(SINKS)
 DEFAULT_FORMATS = ("csv", "json")
+MAX_BATCH_SIZE = 2**20  # rows; pages are cut by --batch-bytes anyway, and SQLite's driver takes an int32
 
 
 @dataclass(frozen=True)
@@ -52,8 +54,8 @@ class ExportOptions:
         unknown = [f for f in self.formats if f not in SINKS]
         if unknown or not self.formats:
             raise UsageError(f"unknown format(s): {', '.join(unknown) or '(none)'}; choose from {', '.join(FORMATS)}")
-        if self.batch_size < 1:
-            raise UsageError(f"--batch-size must be at least 1, not {self.batch_size}")
+        if not 1 <= self.batch_size <= MAX_BATCH_SIZE:
+            raise UsageError(f"--batch-size must be between 1 and {MAX_BATCH_SIZE:,}, not {self.batch_size:,}")
         if self.batch_bytes < 2**20:
             raise UsageError(f"--batch-bytes must be at least 1 MiB, not {self.batch_bytes}")
         if self.retries < 0:
@@ -62,6 +64,8 @@ class ExportOptions:
             raise UsageError(f"--max-rejects must be 0 or more, not {self.max_rejects}")
         if self.jobs is not None and self.jobs < 1:
             raise UsageError(f"--jobs must be at least 1, not {self.jobs}")
+        if self.did is not None and not _utf8(self.did):
+            raise UsageError(f"--did {self.did!r} is not UTF-8 text: no DID is")
         object.__setattr__(self, "filters", Filters.parse(did=self.did, since=self.since, until=self.until))
 
     def fingerprint(self, types: Sequence[str], filters: Filters) -> dict[str, object]:
@@ -77,13 +81,13 @@ class ExportOptions:
         path = self.archive.resolve()
         inputs: dict[str, object] = {
             "tool_version": __version__,
-            "archive": {"path": str(path), **(_identity(path) or {})},
+            "archive": {"path": path_text(path), **(_identity(path) or {})},
             "wal": _identity(path.with_name(path.name + "-wal")),
             "formats": list(self.formats),
             "types": list(types),
             "ops": self.ops,
             "include_media": self.include_media,
-            "media_root": None if self.media_root is None else str(self.media_root.resolve()),
+            "media_root": None if self.media_root is None else path_text(self.media_root.resolve()),
             "filters": {"did": filters.did, "since": iso_bound(filters.since), "until": iso_bound(filters.until)},
         }
         digest = hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()
@@ -111,3 +115,17 @@ def parse_types(types: Sequence[str] | str | None) -> tuple[str, ...] | None:
             f"unknown record type(s): {', '.join(unknown) or '(none)'}; choose from {', '.join(RECORD_TYPES)}"
         )
     return names
+
+
+def path_text(path: Path) -> str:
+    """A path as JSON text: bytes that are not UTF-8 (a path is bytes on POSIX) as ``\\xNN``."""
+    return os.fsencode(path).decode("utf-8", errors="backslashreplace")
+
+
+def _utf8(text: str) -> bool:
+    """Whether ``text`` is valid Unicode (command-line bytes that are not UTF-8 arrive as surrogates)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True

@@ -260,7 +260,23 @@ def for_terminal(quiet: bool, stream: TextIO | None = None) -> Progress:
     stream = stream or sys.stderr
     if stream.isatty():
         return RichProgress()
-    return PlainProgress(stream, float(os.environ.get("PIPELINE_PROGRESS_INTERVAL", PLAIN_INTERVAL)))
+    return PlainProgress(stream, interval_from_env())
+
+
+def interval_from_env() -> float:
+    """``PIPELINE_PROGRESS_INTERVAL`` in seconds; the default (5 s, with a warning) if it is not a number."""
+    text = os.environ.get("PIPELINE_PROGRESS_INTERVAL")
+    if text is None:
+        return PLAIN_INTERVAL
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value > 0:  # NaN included
+        print(f"pipeline: warning: PIPELINE_PROGRESS_INTERVAL={text!r} is not a number of seconds above 0;"
+              f" using {PLAIN_INTERVAL:g}", file=sys.stderr)  # fmt: skip
+        return PLAIN_INTERVAL
+    return value
 
 
 class Streams:

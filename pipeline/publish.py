@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from .checkpoint import CHECKPOINTS, Checkpoints, fsync_path, read_json
-from .errors import OutputError, UsageError
+from .errors import Interrupted, OutputError, UsageError
 from .tuning import CHECKPOINT_SECONDS
 
 log = logging.getLogger("pipeline")
@@ -116,7 +116,18 @@ class Staging:
             self.published = True
             if event is not None:
                 event("published")
-        warnings = []
+        warnings: list[str] = []
+        try:
+            self._after_swap(old, warnings)
+        except (KeyboardInterrupt, Interrupted):  # published already: the interrupt stops only the cleanup
+            if old is not None and old.exists():
+                warnings.append(
+                    f"interrupted while removing the earlier export; it is left at {old}"
+                    f" ('pipeline clean {self.out}' removes it)"
+                )
+        return warnings
+
+    def _after_swap(self, old: Path | None, warnings: list[str]) -> None:
         try:
             fsync_path(self.out.parent)
         except OSError as e:
@@ -126,7 +137,6 @@ class Staging:
                 shutil.rmtree(old)
             except OSError as e:
                 warnings.append(f"could not remove the earlier export, now at {old}: {e.strerror}")
-        return warnings
 
     def discard(self) -> None:
         if not self.published:
@@ -149,8 +159,29 @@ def _signals_deferred() -> Iterator[None]:
                 signal.signal(getattr(signal, s), handler)
 
 
+def guard_inputs(out: Path, archive: Path, media_root: Path | None = None) -> None:
+    """OutputError (exit 4) if publishing ``out`` would remove an input: the archive (and so
+    its ``-wal``/``-journal`` beside it) or the media root given, inside ``out`` or ``out`` itself."""
+    inputs = [("the archive", archive)] + ([("the media root", media_root)] if media_root is not None else [])
+    for what, path in inputs:
+        if inside(path, out):
+            raise OutputError(
+                f"--out {out} holds {what} ({path}); publishing would remove it: choose an output folder outside it"
+            )
+
+
+def inside(path: Path, folder: Path) -> bool:
+    """Whether ``path`` (symbolic links resolved) lies in ``folder`` or is it."""
+    real, home = Path(os.path.realpath(path)), Path(os.path.realpath(folder))
+    return real == home or home in real.parents
+
+
 def _check_replaceable(out: Path) -> None:
-    """``out`` may be missing, an empty folder, or an earlier export of ours."""
+    """``out`` may be missing, an empty folder, or an earlier export of ours: a manifest of
+    this tool (with its files and fingerprint), and nothing beside it but the files it lists
+    (damaged or missing ones included: they are the tool's to write again), its metrics, and
+    folders holding only listed files."""
+    _check_publishable(out)
     try:
         if not out.exists():
             return
@@ -158,15 +189,57 @@ def _check_replaceable(out: Path) -> None:
             raise OutputError(f"output {out} exists and is not a folder")
         if next(out.iterdir(), None) is None:
             return
-        try:
-            manifest = json.loads((out / MANIFEST).read_text(encoding="utf-8"))
-            ours = isinstance(manifest, dict) and manifest.get("tool") == TOOL
-        except (ValueError, FileNotFoundError, IsADirectoryError):
-            ours = False
+        why = _not_an_export(out)
     except OSError as e:
         raise OutputError(f"cannot read output folder {out}: {e.strerror}") from None
-    if not ours:
-        raise OutputError(f"output folder {out} is not empty and holds no earlier export; choose another --out")
+    if why is not None:
+        raise OutputError(
+            f"output folder {out} is not empty and is not an earlier export ({why}); choose another --out"
+        )
+
+
+def _check_publishable(out: Path) -> None:
+    """OutputError before anything is exported if ``out`` cannot be published by a rename:
+    a mount point, or a name too long for the staging folder's name beside it."""
+    if os.path.ismount(out):
+        raise OutputError(f"output {out} is a mount point, which a rename cannot replace; export into a folder in it")
+    longest = len(os.fsencode(f".{out.name}.staging-{2**22}"))  # PIDs are at most 2**22 on Linux
+    try:
+        name_max = os.pathconf(out.parent if out.parent.exists() else ".", "PC_NAME_MAX")
+    except (OSError, ValueError):
+        name_max = 255
+    if longest > name_max:
+        raise OutputError(
+            f"output folder name is too long ({len(os.fsencode(out.name))} bytes): its staging folder beside it"
+            f" would pass the file system's {name_max}; choose a shorter --out"
+        )
+
+
+def _not_an_export(out: Path) -> str | None:
+    """Why ``out`` is not an earlier export of this tool (None if it is one)."""
+    try:
+        manifest = json.loads((out / MANIFEST).read_text(encoding="utf-8"))
+    except (ValueError, FileNotFoundError, IsADirectoryError):
+        return f"no readable {MANIFEST}"
+    if (
+        not isinstance(manifest, dict)
+        or manifest.get("tool") != TOOL
+        or not isinstance(manifest.get("files"), list)
+        or not isinstance(manifest.get("fingerprint"), dict)
+    ):
+        return f"{MANIFEST} is not one of this tool's"
+    listed = {MANIFEST, "metrics.json"}
+    for f in manifest["files"]:
+        if not isinstance(f, dict) or not isinstance(f.get("path"), str) or not isinstance(f.get("sha256"), str):
+            return f"{MANIFEST} lists a file it does not describe"
+        listed.add(f["path"])
+    for entry in out.rglob("*"):
+        rel = entry.relative_to(out).as_posix()
+        if entry.is_symlink() or (entry.is_file() and rel not in listed):
+            return f"{rel} is not part of it"
+        if entry.is_dir() and not any(p.startswith(rel + "/") for p in listed):
+            return f"{rel}/ is not part of it"
+    return None
 
 
 def stale_folders(out: Path, own: bool = False) -> list[Path]:
@@ -179,11 +252,15 @@ def stale_folders(out: Path, own: bool = False) -> list[Path]:
     """
     parent, name = out.parent, out.name
     found = []
-    for p in [*parent.glob(f".{name}.staging-*"), *parent.glob(f".{name}.old-*")]:
-        try:
-            pid = int(p.name.rsplit("-", 1)[1])
-        except ValueError:
+    try:
+        entries = [p for p in parent.iterdir() if p.name.startswith(f".{name}.")]  # names, never patterns
+    except OSError:
+        return []
+    for p in entries:
+        kind, _, pid_text = p.name[len(name) + 2 :].rpartition("-")
+        if kind not in ("staging", "old") or not pid_text.isdigit():
             continue
+        pid = int(pid_text)
         if (own and pid == os.getpid()) or (pid != os.getpid() and not _alive(pid)):
             found.append(p)
     return sorted(found)

@@ -32,7 +32,7 @@ from .progress import Phase, Progress
 from .records import RecordType
 from .rejects import RejectLog
 from .sinks import Sink, open_sink
-from .sort import NINST, NSUB, BucketSorter
+from .sort import NINST, NSUB, RID, BucketSorter
 from .source import Position, Reads, RecordSource
 from .streams import REJECTS, Budget, StreamContext, StreamResult, Writes, log, remove_leftovers
 
@@ -117,7 +117,8 @@ class RecordStream(Writes):
     def run(self, state: RecordsState | None) -> StreamResult:
         source = self._start(state)
         try:
-            with source.sorter([NINST, NSUB, self.key]) as rows, source.sorter([NINST, NSUB, KEY, "_col"]) as bad:
+            rows_order, bad_order = [NINST, NSUB, self.key, RID], [NINST, NSUB, KEY, RID, "_col"]
+            with source.sorter(rows_order) as rows, source.sorter(bad_order) as bad:
                 if state is not None:
                     self._restore(state, source, rows, bad)
                 if state is None or state.phase == "converting":

@@ -32,7 +32,7 @@ from .media import MEDIA_DIR, MediaResult, copy_media
 from .ops_stream import OpsStream
 from .options import DEFAULT_FORMATS, ExportOptions, parse_types
 from .progress import Progress, Streams
-from .publish import MANIFEST, Staging, clean, restore_aside, stale_folders
+from .publish import MANIFEST, Staging, clean, guard_inputs, restore_aside, stale_folders
 from .record_stream import RecordStream
 from .records import OPS, POSTS, RECORD_TYPES, RecordType
 from .rejects import REJECTS
@@ -148,6 +148,7 @@ def run(options: ExportOptions, progress: Progress, tuning: Tuning) -> ExportRes
     if out is None and options.resume:  # the default folder is new each run: resume the newest one killed
         out = _killed_default_out(options.archive)
     out = out or default_out(options.archive)
+    guard_inputs(out, options.archive, options.media_root if options.include_media else None)
     with contextlib.ExitStack() as opened:
         db = opened.enter_context(Archive(options.archive, options.retries))
         plan = Plan.of(db, options)
@@ -224,7 +225,7 @@ def _streams(db: Archive, staging: Staging, options: ExportOptions, plan: Plan) 
         fn = functools.partial(OpsStream.run_resumed, ctx)
         streams.append((OPS.name, checkpointed(checkpoints, folder, OPS.name, fn)))
     if options.include_media and any(r.name == POSTS.name for r in plan.types):
-        fn = functools.partial(copy_media, db, folder, filters, root=options.media_root)
+        fn = functools.partial(copy_media, db, folder, filters, root=options.media_root, out=staging.out)
         streams.append(("media", checkpointed(checkpoints, folder, "media", fn, MEDIA_DIR)))
     elif options.include_media:
         plan.notices.append("--include-media copies the media of exported posts; no posts were exported")

@@ -32,6 +32,12 @@ from .tuning import OpenFiles, Tuning
 NINST = "_ninst"
 # Minus the nanoseconds past the microsecond (0 to -999): sorts ties of ``_ninst`` newest first.
 NSUB = "_nsub"
+# The row's rowid in the archive: the last tie-breaker, so that rows equal in (instant, key) (a
+# NULL or duplicated key in a damaged archive) still come out in one order, whatever the threads.
+RID = "_rid"
+# A page's cells that were not UTF-8, per row: JSON [[column, hex of the stored bytes], ...], or
+# null. The page holds them as text with U+FFFD for the bad bytes; the transforms make them rejects.
+UTF8 = "_bad_utf8"
 # Sorts after every real instant: rows whose time does not parse come last.
 UNPLACED = 2**63 - 1
 

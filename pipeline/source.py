@@ -22,8 +22,10 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import logging
 import os
+import re
 import threading
 import time as _time
 from collections.abc import Callable, Iterator
@@ -41,7 +43,7 @@ import pyarrow.compute as pc
 from .errors import ArchiveError, Cancelled, ExportError, UsageError
 from .frames import frame, series
 from .records import RecordType
-from .sort import NINST, NSUB, UNPLACED, BucketSorter, Plan
+from .sort import NINST, NSUB, RID, UNPLACED, UTF8, BucketSorter, Plan
 from .timestamps import day_nanos, format_nanos, in_range_nanos, parse_instants, to_nanos
 from .tuning import Once, OpenFiles, Tuning
 
@@ -314,7 +316,7 @@ class Archive:
             "profiles",
             cancel=self.cancel,
         )
-        dids = sorted(table.column("did").to_pylist())
+        dids = sorted(valid_text(table.column("did")).to_pylist())
         if not dids:
             raise ArchiveError(f"archive {self.origin} has no profile: cannot tell whose posts are 'self'")
         if len(dids) > 1:
@@ -335,7 +337,7 @@ class Archive:
             return int(table.column(0)[0].as_py())
         sql = f"SELECT CAST(p.{_quote(rtype.time)} AS TEXT) AS t {others}"
         table = retrying(lambda: self.read_table(sql, params), self.retries, rtype.name, cancel=self.cancel)
-        times = frame(table).get_column("t")
+        times = series(valid_text(table.column("t")))
         return int(filters.keep(*parse_instants(times)).sum())
 
     def __enter__(self) -> Archive:
@@ -352,7 +354,8 @@ class Archive:
     def _close_handles(self) -> None:
         for handle in (getattr(self, "_conn", None), getattr(self, "_db", None)):
             if handle is not None:
-                with contextlib.suppress(adbc.Error):
+                # A cleanup error (an interrupt left a statement open) must not replace the error being raised.
+                with contextlib.suppress(adbc.Error, RuntimeError):
                     handle.close()
         pinned = getattr(self, "_pinned", [])
         while pinned:  # descriptors of the archive kept open while SQLite held its lock (see snapshot)
@@ -373,9 +376,16 @@ class Archive:
             return _query(self._conn, sql, params, rows).read_all()
 
     def _read_tables(self) -> dict[str, set[str]]:
-        names = self._query("SELECT name FROM sqlite_master WHERE type = 'table'").read_all()
-        tables = {}
-        for name in names.column(0).to_pylist():
+        listed = self._query("SELECT CAST(name AS BLOB), type, CAST(sql AS BLOB) FROM sqlite_master").read_all()
+        tables, self._views, self._no_rowid = {}, set(), set()
+        for raw, kind, sql in zip(*(c.to_pylist() for c in listed.columns), strict=True):
+            name = raw.decode("utf-8", errors="replace")
+            if kind == "view":
+                self._views.add(name)
+            if kind != "table":
+                continue
+            if sql is not None and re.search(rb"\)\s*WITHOUT\s+ROWID\b", sql, re.IGNORECASE):
+                self._no_rowid.add(name)
             info = self._query(f"SELECT name FROM pragma_table_info({_literal(name)})").read_all()
             tables[name] = set(info.column(0).to_pylist())
         return tables
@@ -388,8 +398,15 @@ class Archive:
 
     def check(self, rtype: RecordType) -> None:
         """Raise ArchiveError unless the table and every column we read are there."""
+        if rtype.table in self._views:
+            raise ArchiveError(f"archive {self.origin}: {rtype.table!r} is a view, not a table; export from the table")
         if rtype.table not in self._tables:
-            raise ArchiveError(f"archive {self.path} has no {rtype.table!r} table")
+            raise ArchiveError(f"archive {self.origin} has no {rtype.table!r} table")
+        if rtype.table in self._no_rowid:
+            raise ArchiveError(
+                f"archive {self.origin}: table {rtype.table!r} is declared WITHOUT ROWID; this tool reads tables"
+                f" in rowid pages (copy it into a table with a rowid first)"
+            )
         missing = [c for c in rtype.column_names if c not in self._tables[rtype.table]]
         if missing:
             raise ArchiveError(f"table {rtype.table!r} in {self.path} lacks column(s): {', '.join(missing)}")
@@ -553,7 +570,7 @@ class RecordSource:
                     if chunk is None:
                         break
                     rows += chunk.num_rows
-                    sample = series(chunk.column(0)).gather_every(PLAN_SAMPLE)
+                    sample = series(valid_text(chunk.column(0))).gather_every(PLAN_SAMPLE)
                     keep, ninst, _ = self._placed(*parse_instants(sample))
                     counts.append(ninst.filter(keep).rename("k").value_counts(sort=False, name="n"))
             finally:
@@ -619,7 +636,8 @@ class RecordSource:
             params = [pa.array([after], pa.int64())]
             if f.did is not None:
                 params.append(pa.array([f.did], pa.string()))
-            sizes = self._query_table(probe.format(op=op), params, rows, f"rowid after {after}")
+            where = "the first rows" if first else f"rows after rowid {after}"
+            sizes = self._query_table(probe.format(op=op), params, rows, where)
             if sizes.num_rows == 0:
                 break
             # One probe sizes several pages: it is read again only once its rows are used up.
@@ -637,8 +655,8 @@ class RecordSource:
                 params = [pa.array([after], pa.int64()), pa.array([last], pa.int64())]
                 if f.did is not None:
                     params.append(pa.array([f.did], pa.string()))
-                page = self._query_table(sql.format(op=op), params, rows, f"rowid after {after}")
-                placed = self._placed_page(page.cast(schema))
+                page = self._query_table(sql.format(op=op), params, rows, where)
+                placed = self._placed_page(sanitized(page.cast(schema)))
                 seen += self._last_rows
                 # Where the reading stands after this page: what a checkpoint records.
                 yield placed.replace_schema_metadata(Position(last, seen, len(self.unplaced.keys)).metadata())
@@ -666,7 +684,7 @@ class RecordSource:
             if dropped.any():
                 self.unplaced.keys.extend(series(page.column(r.key)).filter(dropped).to_list())
                 self.unplaced.values.extend(series(page.column(r.time)).filter(dropped).to_list())
-        out = page.drop_columns(["_rid"]).append_column(NINST, ninst.to_arrow()).append_column(NSUB, nsub.to_arrow())
+        out = page.append_column(NINST, ninst.to_arrow()).append_column(NSUB, nsub.to_arrow())
         if not keep.all():
             out = out.filter(keep.to_arrow())
         self._last_rows = out.num_rows
@@ -674,7 +692,7 @@ class RecordSource:
 
     def sorter(self, order: list[str] | None = None) -> BucketSorter:
         """An external sorter with this source's plan (default order: instant, then key)."""
-        order = order or [NINST, NSUB, self.rtype.key]
+        order = order or [NINST, NSUB, self.rtype.key, RID]
         return BucketSorter(self.plan, order, self.spill_dir, 4 * self._bucket_bytes, self._open_files)
 
     def __iter__(self) -> Iterator[pa.RecordBatch]:
@@ -686,8 +704,52 @@ class RecordSource:
 
     def _batch(self, table: pa.Table) -> pa.RecordBatch:
         """One output batch; its key range rides along in the schema metadata for error messages."""
-        batch = table.drop_columns([NINST, NSUB]).to_batches(max_chunksize=None)[0]
+        batch = table.drop_columns([NINST, NSUB, RID, UTF8]).to_batches(max_chunksize=None)[0]
         return batch.replace_schema_metadata(range_metadata(table, self.rtype.key))
+
+
+def sanitized(page: pa.Table) -> pa.Table:
+    """``page`` with a ``_bad_utf8`` column: every text cell holding bytes that are not UTF-8
+    (SQLite stores whatever bytes it is given) is replaced by its text with U+FFFD for the bad
+    bytes, and noted there (column, hex of the stored bytes) to be reported as a reject. The
+    whole page is checked at once (Arrow's validation); only a failing column is gone through."""
+    try:
+        page.validate(full=True)
+        return page.append_column(UTF8, pa.nulls(page.num_rows, pa.string()))
+    except pa.ArrowInvalid:
+        pass
+    notes: list[list[list[str]]] = [[] for _ in range(page.num_rows)]
+    columns = [_valid_column(name, page.column(name), notes) for name in page.column_names]
+    noted = pa.array([json.dumps(n) if n else None for n in notes], pa.string())
+    return pa.Table.from_arrays([*columns, noted], names=[*page.column_names, UTF8])
+
+
+def _valid_column(name: str, column: pa.ChunkedArray, notes: list[list[list[str]]]) -> pa.ChunkedArray:
+    if not pa.types.is_string(column.type):
+        return column
+    try:
+        column.validate(full=True)
+        return column
+    except pa.ArrowInvalid:
+        pass
+    fixed: list[str | None] = []
+    for i, raw in enumerate(column.cast(pa.binary()).to_pylist()):
+        try:
+            fixed.append(None if raw is None else raw.decode("utf-8"))
+        except UnicodeDecodeError:
+            fixed.append(raw.decode("utf-8", errors="replace"))
+            notes[i].append([name, raw.hex()])
+    return pa.chunked_array([pa.array(fixed, pa.string())])
+
+
+def valid_text(column: pa.ChunkedArray | pa.Array) -> pa.ChunkedArray | pa.Array:
+    """A text column with bytes that are not UTF-8 replaced by U+FFFD (for planning and counting)."""
+    try:
+        column.validate(full=True)
+        return column
+    except pa.ArrowInvalid:
+        raw = column.cast(pa.binary()).to_pylist()
+        return pa.array([None if v is None else v.decode("utf-8", errors="replace") for v in raw], pa.string())
 
 
 def _copy_file(fd: int, dest: Path) -> None:
@@ -840,9 +902,10 @@ def gave_up(retries: int) -> str:
 
 
 def _uri_path(path: Path) -> str:
+    """A path for SQLite's ``file:`` URI: its bytes percent-encoded (a path need not be UTF-8)."""
     from urllib.parse import quote
 
-    return quote(str(path), safe="/")
+    return quote(os.fsencode(path), safe="/")
 
 
 def _literal(s: str) -> str:
@@ -858,11 +921,15 @@ def _statement(
     conn: adbc.AdbcConnection, sql: str, params: pa.RecordBatch | None, rows: int | None
 ) -> adbc.AdbcStatement:
     st = adbc.AdbcStatement(conn)
-    st.set_sql_query(sql)
-    if rows:
-        st.set_options(**{adbc_driver_sqlite.StatementOptions.BATCH_ROWS.value: str(rows)})
-    if params is not None:
-        st.bind(params)
+    try:
+        st.set_sql_query(sql)
+        if rows:
+            st.set_options(**{adbc_driver_sqlite.StatementOptions.BATCH_ROWS.value: str(rows)})
+        if params is not None:
+            st.bind(params)
+    except BaseException:
+        st.close()  # or the connection cannot be closed, and that error would hide this one
+        raise
     return st
 
 

@@ -23,7 +23,7 @@ import pyarrow.json as pa_json
 
 from .frames import frame
 from .records import Column, RecordType
-from .sort import NINST, NSUB, UNPLACED
+from .sort import NINST, NSUB, UNPLACED, UTF8
 from .timestamps import apply_steps, format_instant, instant_steps, ns_column, out_of_range
 
 RAW = "_raw_"
@@ -190,7 +190,26 @@ def transform(rtype: RecordType, batch: pa.RecordBatch | pa.Table, formats: set[
     csv = to_batch(df.select(plan.csv)) if "csv" in formats else None
     js = to_batch(df.select(plan.json)) if formats & {"json", "ndjson"} else None
     bad = _rejects(plan, rtype, df) if df.select(plan.rejected).item() else _rejects(plan, rtype, df.clear())
+    if UTF8 in batch.schema.names and batch.column(UTF8).null_count < batch.num_rows:
+        bad = _with_utf8_rejects(rtype, batch, bad)
     return Outputs(csv, js, bad)
+
+
+NOT_UTF8 = "not UTF-8 text: written with U+FFFD for the bytes that are not; the value here is the stored bytes in hex"
+
+
+def _with_utf8_rejects(rtype: RecordType, batch: pa.RecordBatch | pa.Table, bad: pa.RecordBatch) -> pa.RecordBatch:
+    """``bad`` with a reject for every cell the source found not UTF-8 (``_bad_utf8``), first in
+    its row (``_col`` -1), so the order does not depend on batching."""
+    notes, keys = batch.column(UTF8).to_pylist(), batch.column(rtype.key).to_pylist()
+    rows = [
+        {"_row": i, "_col": -1, "type": rtype.name, "key": None if keys[i] is None else str(keys[i]),
+         "column": column, "value": hexed, "reason": NOT_UTF8}
+        for i, note in enumerate(notes) if note is not None for column, hexed in json.loads(note)
+    ]  # fmt: skip
+    table = pa.Table.from_batches([bad, pa.RecordBatch.from_pylist(rows, bad.schema)])
+    ordered = table.take(pc.sort_indices(table, sort_keys=[("_row", "ascending"), ("_col", "ascending")]))
+    return ordered.combine_chunks().to_batches(max_chunksize=None)[0]
 
 
 # --- JSON validation ----------------------------------------------------------------

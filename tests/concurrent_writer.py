@@ -1,9 +1,9 @@
 """An archiver writing while an export reads: numbered, deterministic transactions.
 
-    python tests/concurrent_writer.py ARCHIVE SEED SECONDS
+    python tests/concurrent_writer.py ARCHIVE SEED SECONDS [PAUSE]
 
 Commits transaction 1, 2, ... for SECONDS (printing ``started`` after the
-first), then prints the last number. Transaction n inserts the post
+first), PAUSE seconds apart (default 0: back to back), then prints the last number. Transaction n inserts the post
 ``at://did:plc:writer/app.bsky.feed.post/w<n>`` and a like of it, changes the
 text of one existing post, deletes one post and one like: a reader sees all
 of transaction n or none of it. ``replay`` applies transactions 1..n to a copy
@@ -54,7 +54,7 @@ def replay(db: str, seed: int, n: int) -> None:
     con.close()
 
 
-def main(db: str, seed: int, seconds: float) -> None:
+def main(db: str, seed: int, seconds: float, pause: float = 0.0) -> None:
     con = sqlite3.connect(db, isolation_level=None, timeout=30)
     rng = random.Random(seed)
     n = 0
@@ -64,9 +64,10 @@ def main(db: str, seed: int, seconds: float) -> None:
         transaction(con, rng, n)
         if n == 1:
             print("started", flush=True)
+        time.sleep(pause)
     print(n, flush=True)
     con.close()
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], int(sys.argv[2]), float(sys.argv[3]))
+    main(sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), *map(float, sys.argv[4:5]))

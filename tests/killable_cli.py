@@ -5,7 +5,7 @@
 runs ``pipeline`` as ``cli.py`` does, with ``Tuning.on_event`` set: the n-th time
 the export passes ``<event>`` (``posts.page``, ``posts.bucket``, ``likes.done``,
 ``publish``, ``published``, ...), once the checkpoints handed over so far are on
-disk, the process sends itself SIGKILL.
+disk, the process sends itself SIGKILL (or ``PIPELINE_KILL_SIGNAL``, e.g. SIGTERM).
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ def _kill_at(event: str) -> None:
     with _lock:
         _seen[event] = n = _seen.get(event, 0) + 1
     if str(n) == _COUNT:
-        os.kill(os.getpid(), signal.SIGKILL)
+        os.kill(os.getpid(), getattr(signal, os.environ.get("PIPELINE_KILL_SIGNAL", "SIGKILL")))
 
 
 _defaults = tuning.Tuning.from_env
