@@ -20,6 +20,7 @@ class Column:
     name: str
     kind: Kind = "text"
     omit: Omit = "never"  # when the JSON key is left out
+    null_as: int | None = None  # written instead of NULL in JSON (the counts: bskyarchive writes 0)
 
 
 @dataclass(frozen=True)
@@ -59,10 +60,10 @@ POSTS = RecordType(
         Column("created_at", "timestamp"),
         Column("indexed_at", "timestamp"),
         Column("has_media", "bool"),
-        Column("like_count", "int"),
-        Column("repost_count", "int"),
-        Column("reply_count", "int"),
-        Column("quote_count", "int"),
+        Column("like_count", "int", null_as=0),
+        Column("repost_count", "int", null_as=0),
+        Column("reply_count", "int", null_as=0),
+        Column("quote_count", "int", null_as=0),
         Column("is_reply", "bool"),
         Column("reply_parent", omit="null_or_empty"),
         Column("embed_type", omit="null_or_empty"),

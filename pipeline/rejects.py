@@ -69,7 +69,8 @@ class RejectLog:
 
 def _reject_lines(bad: pa.RecordBatch) -> pa.RecordBatch:
     df = frame(bad)
-    return transforms.to_batch(df.select(pl.struct(pl.all()).struct.json_encode().alias("json")))
+    line = transforms.escape_line_separators(pl.struct(pl.all()).struct.json_encode())
+    return transforms.to_batch(df.select(line.alias("json")))
 
 
 def _unplaced_rejects(rtype: RecordType, source: RecordSource) -> pa.RecordBatch:

@@ -131,15 +131,16 @@ class Sink:
 
 
 class CsvSink(Sink):
-    """UTF-8 CSV with a BOM, a header row, RFC 4180 quoting, ``\\n`` line ends."""
+    """UTF-8 CSV with a BOM, a header row (unquoted, as bskyarchive's Go writer writes it),
+    RFC 4180 quoting, ``\\n`` line ends."""
 
     def __init__(self, folder: Path, name: str, schema: pa.Schema, resume: tuple[int, int] | None = None):
         super().__init__(folder, name, resume)
-        if resume is None:
-            self._file.write(BOM)
+        if resume is None:  # the header names are this tool's own: nothing in them needs quoting
+            self._file.write(BOM + ",".join(schema.names).encode("utf-8") + b"\n")
         # pyarrow's writer writes each batch through at once: position() holds whole rows
         self._writer = pa_csv.CSVWriter(
-            self._file, schema, write_options=pa_csv.WriteOptions(include_header=resume is None, eol="\n")
+            self._file, schema, write_options=pa_csv.WriteOptions(include_header=False, eol="\n")
         )
 
     def _write(self, batch: pa.RecordBatch) -> None:

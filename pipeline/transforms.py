@@ -130,6 +130,7 @@ def _plan(rtype: RecordType, formats: frozenset[str] = ALL_FORMATS, with_instant
     )
     fragments = [_json_fragment(c) for c in rtype.columns]
     obj = pl.concat_str([pl.lit("{"), pl.concat_str(fragments, separator=",", ignore_nulls=True), pl.lit("}")])
+    obj = escape_line_separators(obj)
     masks = [_rejected(c) for c in converted]
     return _Plan(
         converted=converted,
@@ -138,6 +139,12 @@ def _plan(rtype: RecordType, formats: frozenset[str] = ALL_FORMATS, with_instant
         json=obj.alias("json"),
         rejected=pl.any_horizontal(masks).any() if masks else pl.lit(False),
     )
+
+
+def escape_line_separators(text: pl.Expr) -> pl.Expr:
+    """JSON text with U+2028/U+2029 written as ``\\u2028``/``\\u2029``: valid in JSON strings (and only
+    there), they end lines for readers that split on Unicode line breaks; the decoded value is the same."""
+    return text.str.replace_all("\u2028", "\\u2028", literal=True).str.replace_all("\u2029", "\\u2029", literal=True)
 
 
 def _rejected(col: Column) -> pl.Expr:
@@ -500,11 +507,12 @@ def _json_fragment(col: Column) -> pl.Expr:
         else:  # json: nested as stored
             literal = v
         # null stays null; a reject is written as the stored text, a JSON string
+        null = "null" if col.null_as is None else json.dumps(col.null_as)
         frag = (
             pl.when(v.is_not_null())
             .then(key + literal)
             .when(raw.is_null())
-            .then(key + pl.lit("null"))
+            .then(key + pl.lit(null))
             .otherwise(_json_string(raw, col.name))
         )
     if col.omit == "null":

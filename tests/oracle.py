@@ -306,7 +306,9 @@ def expected_posts(db: str, *, did: str | None = None, since: int | None = None,
         o["indexed_at"] = ts["indexed_at"][1]
         for c in ("has_media", "like_count", "repost_count", "reply_count", "quote_count", "is_reply"):
             v = ints[c]
-            if v is None:
+            if v is None and r[c] is None and c.endswith("_count"):
+                o[c] = 0  # a NULL count is 0 in every format (bskyarchive writes 0)
+            elif v is None:
                 o[c] = as_text(r[c])  # null, or the stored text of a reject
             elif c in ("has_media", "is_reply"):
                 o[c] = v != 0
