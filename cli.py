@@ -8,6 +8,7 @@ import ctypes.util
 import os
 import signal
 import sys
+import threading
 import time
 from enum import StrEnum
 from pathlib import Path
@@ -74,10 +75,31 @@ class LogFormat(StrEnum):
     json = "json"
 
 
-def _terminate(signum: int, frame: object) -> None:
-    from pipeline.errors import Interrupted
+class _Signals:
+    """SIGINT, SIGTERM and SIGHUP stop the export (exit 130, 143, 129) until it is published;
+    from the swap on they are ignored: a published export is reported as one."""
 
-    raise Interrupted(signum)
+    def __init__(self) -> None:
+        self.published = threading.Event()
+
+    def install(self) -> None:
+        for name in ("SIGINT", "SIGTERM", "SIGHUP"):
+            signal.signal(getattr(signal, name), self._stop)
+
+    def _stop(self, signum: int, frame: object) -> None:
+        if self.published.is_set():
+            return
+        if signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        from pipeline.errors import Interrupted
+
+        raise Interrupted(signum)
+
+    def tuning(self, tuning):
+        """``tuning`` with a hook that notes the publish."""
+        from dataclasses import replace
+
+        return replace(tuning, on_published=self.published.set)
 
 
 @run_app.command("export")
@@ -224,7 +246,8 @@ def export_command(
     from pipeline import PipelineError, Tuning, export
     from pipeline.progress import JsonLog, JsonProgress, for_terminal, interval_from_env
 
-    tuning = replace(Tuning.from_env(), on_huge_rows=_huge_rows)
+    signals = _Signals()
+    tuning = signals.tuning(replace(Tuning.from_env(), on_huge_rows=_huge_rows))
 
     log = JsonLog() if log_format == LogFormat.json else None
     try:  # before anything could write it
@@ -234,8 +257,7 @@ def export_command(
         raise typer.Exit(e.exit_code) from None
     say = _Reporter(log, metrics_file)
     _log_to_stderr(log)
-    signal.signal(signal.SIGTERM, _terminate)
-    signal.signal(signal.SIGHUP, _terminate)  # the terminal went away
+    signals.install()  # SIGHUP: the terminal went away
     started = time.monotonic()
     chosen = [f.value for f in formats] if formats else ["csv", "json"]
     say.event("run_start", archive=str(archive), out=str(out) if out else None, formats=chosen, argv=sys.argv[1:])

@@ -132,9 +132,12 @@ _ROOT_SAMPLE = 32  # relative paths looked for under each candidate root
 
 @dataclass(frozen=True)
 class MediaRoot:
-    """Where relative media paths start, and, if that could not be told from the files, why."""
+    """Where relative media paths start (``path``), the folder every media file must lie in once
+    symbolic links are resolved (``allowed``: the escape guard), and, if the root could not be
+    told from the files, why."""
 
     path: Path
+    allowed: Path
     undecided: str | None = None
 
 
@@ -142,32 +145,48 @@ def media_root(archive_path: Path, rows: pl.DataFrame, given: Path | None = None
     """The folder relative ``file_path``s start at (see the module's text); ``given`` wins.
 
     Candidates, in order: the folder holding the archive's folder (bskyarchive's
-    layout), then the archive's folder, both with symbolic links resolved. The
-    first one under which the most of a sample of the relative paths exist is
-    taken; if none of them exists under either, the first candidate whose name
-    the paths start with (else the archive's folder), and ``undecided`` says so.
+    layout: there the files must lie in the archive's folder, ``data/``, not
+    anywhere in bskyarchive's working directory), then the archive's folder; each
+    as the archive's path says and with symbolic links resolved (a ``data``
+    folder, or the archive itself, may be a link). The first one under which the
+    most of a sample of the relative paths exist is taken; if none of them exists
+    anywhere, the first candidate whose name the paths start with (else the
+    archive's folder), and ``undecided`` says so.
     """
     if given is not None:
-        return MediaRoot(Path(os.path.realpath(given)))
-    home = Path(os.path.realpath(archive_path)).parent
-    candidates = [home.parent, home]
+        return MediaRoot(Path(given), Path(os.path.realpath(given)))
+    named, real = Path(os.path.abspath(archive_path)).parent, Path(os.path.realpath(archive_path)).parent
+    candidates: list[tuple[Path, Path]] = []  # (root, the folder its files must lie in)
+    for home in dict.fromkeys((real, named)):
+        candidates.append((home.parent, Path(os.path.realpath(home))))
+    for home in dict.fromkeys((real, named)):
+        candidates.append((home, Path(os.path.realpath(home))))
     sample = [
         p
         for p in (os.fsdecode(v) for v in rows.get_column("file_path").drop_nulls().to_list())
         if p and "\0" not in p and not os.path.isabs(p)
     ][:_ROOT_SAMPLE]
+    if sample:
+        hits = [sum(_found(root / p, allowed) for p in sample) for root, allowed in candidates]
+        if max(hits) > 0:
+            return MediaRoot(*candidates[hits.index(max(hits))])
+    first = Path(sample[0]).parts[0] if sample and Path(sample[0]).parts else ""
+    by_name = first == real.name or (not sample and real.name == "data")
+    root, allowed = candidates[0] if by_name else candidates[len(candidates) // 2]
     if not sample:
-        return MediaRoot(home.parent if home.name == "data" else home)
-    hits = [sum(os.path.lexists(c / p) for p in sample) for c in candidates]
-    if max(hits) > 0:
-        return MediaRoot(candidates[hits.index(max(hits))])
-    first = Path(sample[0]).parts[0] if Path(sample[0]).parts else ""
-    root = home.parent if first == home.name else home
+        return MediaRoot(root, allowed)
     return MediaRoot(
         root,
-        f"none of {len(sample)} media paths (e.g. {sample[0]}) exists under {home.parent} or {home};"
+        allowed,
+        f"none of {len(sample)} media paths (e.g. {sample[0]}) exists under {real.parent} or {real};"
         f" reading them from {root} (give --media-root DIR if the files are elsewhere)",
     )
+
+
+def _found(path: Path, allowed: Path) -> bool:
+    """Whether ``path`` is there and, links resolved, in ``allowed`` (a hit for a candidate root)."""
+    real = Path(os.path.realpath(path))
+    return os.path.lexists(path) and (real == allowed or allowed in real.parents)
 
 
 def copy_media(
@@ -189,14 +208,14 @@ def copy_media(
     if not isinstance(root, MediaRoot):
         root = media_root(archive.origin, rows, root)
     result = MediaResult(root=os.fsencode(root.path).decode("utf-8", "backslashreplace"), undecided=root.undecided)
-    root_path = Path(os.path.realpath(root.path))
+    where = (root.path, Path(os.path.realpath(root.allowed)))
     out_dir = folder / MEDIA_DIR
     progress.phase(Phase.COPYING, len(rows))
     try:
         check = budget.check if budget is not None else (lambda: None)
         for blob_hash, mime, file_path in rows.iter_rows():
             check()  # another stream failed: stop
-            _copy_one(blob_hash, mime, file_path, root_path, out_dir, result, check, out)
+            _copy_one(blob_hash, mime, file_path, where, out_dir, result, check, out)
             progress.advance(1)
     finally:
         progress.stop()
@@ -214,7 +233,7 @@ def _copy_one(
     raw_hash: bytes | None,
     raw_mime: bytes | None,
     file_path: bytes | None,
-    root: Path,
+    where: tuple[Path, Path],
     out_dir: Path,
     result: MediaResult,
     check: Callable[[], None],
@@ -234,9 +253,10 @@ def _copy_one(
         result.refused.append({**entry, "reason": "file_path holds a NUL byte"})
         return
     path = os.fsdecode(file_path)  # undecodable bytes survive as surrogate escapes
+    root, allowed = where  # relative paths start at ``root``; every file must resolve into ``allowed``
     source = Path(path) if os.path.isabs(path) else root / path
     real = Path(os.path.realpath(source))
-    if real != root and root not in real.parents:
+    if real != allowed and allowed not in real.parents:
         result.refused.append({**entry, "reason": "file_path leads outside the media root"})
         return
     if out is not None and inside(real, out):

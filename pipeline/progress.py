@@ -272,8 +272,8 @@ def interval_from_env() -> float:
         value = float(text)
     except ValueError:
         value = float("nan")
-    if not value > 0:  # NaN included
-        print(f"pipeline: warning: PIPELINE_PROGRESS_INTERVAL={text!r} is not a number of seconds above 0;"
+    if not 0 < value < 86_400:  # NaN and infinity included
+        print(f"pipeline: warning: PIPELINE_PROGRESS_INTERVAL={text!r} is not a number of seconds from 0 to a day;"
               f" using {PLAIN_INTERVAL:g}", file=sys.stderr)  # fmt: skip
         return PLAIN_INTERVAL
     return value

@@ -235,7 +235,7 @@ def _not_an_export(out: Path) -> str | None:
         listed.add(f["path"])
     for entry in out.rglob("*"):
         rel = entry.relative_to(out).as_posix()
-        if entry.is_symlink() or (entry.is_file() and rel not in listed):
+        if entry.is_symlink() or (not entry.is_dir() and rel not in listed):  # files, FIFOs, sockets
             return f"{rel} is not part of it"
         if entry.is_dir() and not any(p.startswith(rel + "/") for p in listed):
             return f"{rel}/ is not part of it"

@@ -81,7 +81,11 @@ def _unplaced_rejects(rtype: RecordType, source: RecordSource) -> pa.RecordBatch
             "key": source.unplaced.keys,
             "column": [rtype.time] * n,
             "value": source.unplaced.values,
-            "reason": ["not a timestamp; the row cannot be placed in time, so --since/--until excluded it"] * n,
+            "reason": [
+                "not a timestamp in the years 0001-9999 (UTC); the row cannot be placed in time, so"
+                " --since/--until excluded it"
+            ]
+            * n,
         },
         schema=transforms.REJECT_SCHEMA,
     )

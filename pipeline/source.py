@@ -277,6 +277,9 @@ class Archive:
         fd = os.open(self.path, os.O_RDONLY)
         try:
             with self.lock:
+                free = _free_bytes(dest.parent)
+                if free is not None and free < os.fstat(fd).st_size + 64 * 2**20:  # the export needs room too
+                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC) + " for a copy of the archive")
                 _copy_file(fd, dest)
         except OSError as e:
             dest.unlink(missing_ok=True)
@@ -384,7 +387,8 @@ class Archive:
                 self._views.add(name)
             if kind != "table":
                 continue
-            if sql is not None and re.search(rb"\)\s*WITHOUT\s+ROWID\b", sql, re.IGNORECASE):
+            options = sql[sql.rfind(b")") :] if sql is not None else b""  # after the column list: STRICT, WITHOUT ROWID
+            if re.search(rb"\bWITHOUT\s+ROWID\b", options, re.IGNORECASE):
                 self._no_rowid.add(name)
             info = self._query(f"SELECT name FROM pragma_table_info({_literal(name)})").read_all()
             tables[name] = set(info.column(0).to_pylist())
@@ -752,6 +756,15 @@ def valid_text(column: pa.ChunkedArray | pa.Array) -> pa.ChunkedArray | pa.Array
         return pa.array([None if v is None else v.decode("utf-8", errors="replace") for v in raw], pa.string())
 
 
+def _free_bytes(folder: Path) -> int | None:
+    """Bytes free for this user in ``folder``'s file system (None where the OS does not say)."""
+    try:
+        st = os.statvfs(folder)
+    except (AttributeError, OSError):
+        return None
+    return st.f_bavail * st.f_frsize
+
+
 def _copy_file(fd: int, dest: Path) -> None:
     """Copy the whole file open as ``fd`` to ``dest`` (a new file) in the kernel where it can."""
     size = os.fstat(fd).st_size
@@ -766,6 +779,7 @@ def _copy_file(fd: int, dest: Path) -> None:
                 except OSError as e:  # another file system, or no such call here: copy by hand
                     if e.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.EPERM):
                         raise
+                if n == 0:  # refused, or a file system that stops early: the rest by hand
                     kernel = None
             if kernel is None:
                 n = os.pwrite(out.fileno(), os.pread(fd, min(size - done, 2**20), done), done)

@@ -190,6 +190,8 @@ class Budget:
     def event(self, name: str) -> None:
         """A phase boundary (``posts.page``, ...): ``Tuning.on_event``, once the checkpoints
         handed over so far are on disk (so a test that kills here finds them)."""
+        if name == "published" and self.tuning.on_published is not None:
+            self.tuning.on_published()
         if self.tuning.on_event is not None:
             if self.checkpoints is not None:
                 self.checkpoints.flush()

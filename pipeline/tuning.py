@@ -48,6 +48,8 @@ class Tuning:
     time a page holds a huge row (the CLI makes glibc unmap large blocks).
     ``on_event``: called at each phase boundary with its name (``posts.page``,
     ``publish``, ...), a test seam for killing the process at a chosen place.
+    ``on_published``: called the moment the export is in place (still inside the
+    swap, signals held off): the CLI stops treating signals as a failure then.
     """
 
     page_rows: int = 16_384
@@ -59,6 +61,7 @@ class Tuning:
     open_files: int = field(default_factory=_open_file_budget)
     on_huge_rows: Callable[[], None] | None = None
     on_event: Callable[[str], None] | None = None
+    on_published: Callable[[], None] | None = None
 
     @classmethod
     def from_env(cls) -> Tuning:

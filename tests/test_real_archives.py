@@ -259,3 +259,31 @@ def test_bundled_demo_archive_is_real(tmp_path):
     result = pipeline.export(demo, out, formats=["csv", "json"], include_media=True)
     assert result.rejects == 0 and result.media > 0 and result.media_missing == 0
     assert os.path.basename(result.manifest["media_root"]) == "bskyarchive"
+
+
+def test_a_data_folder_that_is_a_link_still_finds_its_media(real, tmp_path):
+    """bskyarchive's data/ may be a symbolic link to another disk: the default finds the files."""
+    disk = tmp_path / "disk" / "bsky-data"
+    shutil.copytree(real.parent, disk, symlinks=True)
+    server = tmp_path / "server"
+    server.mkdir()
+    (server / "data").symlink_to(disk, target_is_directory=True)
+    result = pipeline.export(server / "data" / "archive.db", tmp_path / "out", formats=["csv"], types=["posts"],
+                             include_media=True)  # fmt: skip
+    assert result.media > 0 and result.media_missing == result.media_refused == 0
+
+
+def test_the_working_directory_outside_data_is_not_readable(real, tmp_path):
+    """Relative paths start at bskyarchive's working directory, but only files in data/ are copied."""
+    server = tmp_path / "server"
+    shutil.copytree(real.parent, server / "data", symlinks=True)
+    (server / "secret.txt").write_text("a key")
+    db = server / "data" / "archive.db"
+    con = sqlite3.connect(db)
+    (h,) = con.execute("SELECT hash FROM media ORDER BY hash LIMIT 1").fetchone()
+    con.execute("UPDATE media SET file_path = 'secret.txt' WHERE hash = ?", (h,))
+    con.commit()
+    con.close()
+    out = tmp_path / "out"
+    result = pipeline.export(db, out, formats=["csv"], types=["posts"], include_media=True)
+    assert result.media_refused == 1 and not list((out / "media").glob(f"{h}.*"))
