@@ -31,6 +31,7 @@ import pyarrow as pa
 
 from .errors import ExportError, OutputError
 from .frames import frame
+from .options import path_text
 from .progress import Phase, Progress
 from .publish import inside
 from .sinks import FileResult, HashingFile
@@ -207,7 +208,7 @@ def copy_media(
     rows = media_rows(archive, filters)
     if not isinstance(root, MediaRoot):
         root = media_root(archive.origin, rows, root)
-    result = MediaResult(root=os.fsencode(root.path).decode("utf-8", "backslashreplace"), undecided=root.undecided)
+    result = MediaResult(root=path_text(root.path), undecided=root.undecided)
     where = (root.path, Path(os.path.realpath(root.allowed)))
     out_dir = folder / MEDIA_DIR
     progress.phase(Phase.COPYING, len(rows))

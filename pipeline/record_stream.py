@@ -30,11 +30,11 @@ from .convert import KEY, convert_all, page_range, prefetch, sort_key, write_chu
 from .errors import ExportError
 from .progress import Phase, Progress
 from .records import RecordType
-from .rejects import RejectLog
+from .rejects import REJECTS, RejectLog
 from .sinks import Sink, open_sink
 from .sort import NINST, NSUB, RID, BucketSorter
 from .source import Position, Reads, RecordSource
-from .streams import REJECTS, Budget, StreamContext, StreamResult, Writes, log, remove_leftovers
+from .streams import Budget, StreamContext, StreamResult, Writes, log, remove_leftovers
 
 
 class StartOver(Exception):  # noqa: N818 - control flow

@@ -600,8 +600,7 @@ class RecordSource:
         (UNPLACED); with one, only rows whose instant is in range.
         """
         f = self.filters
-        everything = pl.select(pl.repeat(True, len(us), dtype=pl.Boolean)).to_series
-        keep = f.keep(us, ns) if f.timed else everything()
+        keep = f.keep(us, ns) if f.timed else pl.Series(values=[True] * len(us), dtype=pl.Boolean)
         return keep, (-us).fill_null(UNPLACED), (-ns).fill_null(0)
 
     def pages(self) -> Iterator[pa.Table]:
