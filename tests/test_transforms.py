@@ -223,3 +223,15 @@ def test_outputs_do_not_depend_on_where_batches_are_cut(fixture_archive, cuts):
         return o.rejects.drop_columns(["_row", "_col"]).to_pylist()
 
     assert [x for m in many for x in rejects(m)] == rejects(one)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.none() | st.text(alphabet="ab/@:.;\n\r é", max_size=16), max_size=20))
+def test_media_hash_cut_matches_bskyarchive(urls):
+    """Every URL, however odd (several / and @, newlines, none of either), cut as the oracle cuts it."""
+    got = transforms._hash_of(pa.array(urls, pa.string())).to_pylist()
+    want = []
+    for u in urls:
+        cut = u.rsplit("/", 1)[1].split("@", 1)[0] if u is not None and "/" in u else ""
+        want.append(cut or None)
+    assert got == want
