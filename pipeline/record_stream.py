@@ -130,6 +130,13 @@ class RecordStream(Writes):
             self.budget.rejected(len(source.unplaced.keys), self.name)
             self.rejects.unplaced(source)
             results = [self.sinks[fmt].close() for fmt in self.ctx.formats]
+            for result in results:  # every row read is written exactly once, or the export fails
+                if result.records != source.total:
+                    raise ExportError(
+                        f"{result.path} has {result.records:,} records but {source.total:,} were read: "
+                        "the export is not published (a bug; please report it)",
+                        record_type=self.name,
+                    )
             stream = StreamResult(results, source.total, self.rejects.close(), self.pages_read, source.retried)
             self.spill.rmdir()
             return stream

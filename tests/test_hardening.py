@@ -300,3 +300,29 @@ def test_closed_stderr_and_a_bad_progress_interval_do_not_decide_the_export(fixt
     r = run_cli("run", "export", fixture_archive, "--out", tmp_path / "o2", env={**os.environ,
                 "PIPELINE_PROGRESS_INTERVAL": "abc"})  # fmt: skip
     assert r.returncode == 0 and "Traceback" not in r.stderr and "PIPELINE_PROGRESS_INTERVAL" in r.stderr
+
+
+# Losing a row is never silent ------------------------------------------------------------------------
+
+
+def test_a_stream_that_writes_fewer_rows_than_it_read_is_not_published(fixture_archive, tmp_path, monkeypatch):
+    """A bug that drops rows between the sort and the files (as an early streaming prototype did) fails
+    the export: the earlier export stays as it was, and the message says how many rows are missing."""
+    from pipeline import record_stream
+    from pipeline.errors import ExportError
+
+    out = tmp_path / "out"
+    pipeline.export(fixture_archive, out, formats=["csv", "json"])
+    before = _tree(out)
+    real = record_stream.write_chunk
+    calls = []
+
+    def lossy(sinks, formats, chunk, *a):
+        calls.append(chunk.num_rows)
+        if len(calls) != 2:  # the second chunk is lost
+            real(sinks, formats, chunk, *a)
+
+    monkeypatch.setattr(record_stream, "write_chunk", lossy)
+    with pytest.raises(ExportError, match=r"has [\d,]+ records but [\d,]+ were read: the export is not published"):
+        pipeline.export(fixture_archive, out, formats=["csv", "json"], tuning=Tuning(write_rows=100))
+    assert _tree(out) == before and len(calls) > 2
