@@ -120,14 +120,14 @@ def media_hashes(embed: object) -> list[str]:
         urls += fullsizes(embed["media"].get("images"))
     if isinstance(embed.get("external"), dict) and isinstance(embed["external"].get("thumb"), str):
         urls.append(embed["external"]["thumb"])
-    hashes = []
-    for u in urls:  # bskyarchive's cut: the last path segment up to its first @; nothing without a / or a hash
-        if "/" not in u:
-            continue
-        h = u.rsplit("/", 1)[1].split("@", 1)[0]
-        if h:
-            hashes.append(h)
-    return hashes
+    return [h for h in map(media_hash, urls) if h is not None]
+
+
+def media_hash(url: str) -> str | None:
+    """bskyarchive's cut: the last path segment up to its first @; None without a / or a hash."""
+    if "/" not in url:
+        return None
+    return url.rsplit("/", 1)[1].split("@", 1)[0] or None
 
 
 def load_json(text: str | None) -> tuple[bool, object]:
