@@ -22,32 +22,45 @@ from typing import Generic, TypeVar
 import pyarrow as pa
 
 from . import transforms
-from .errors import ExportError, PipelineError
+from .errors import Cancelled, ExportError, PipelineError
 from .records import RecordType
 from .sinks import Sink
 from .sort import NINST, NSUB, RID
 from .source import Position, key_range, range_metadata
+from .tuning import InFlight
 
 T = TypeVar("T")
 
 
 def convert_in_order(
-    rtype: RecordType, pages: Iterable[pa.Table], formats: frozenset[str], pool: ThreadPoolExecutor, ahead: int
+    rtype: RecordType,
+    pages: Iterable[pa.Table],
+    formats: frozenset[str],
+    pool: ThreadPoolExecutor,
+    ahead: int,
+    flight: InFlight | None = None,
+    cancel: threading.Event | None = None,
 ) -> Iterator[tuple[pa.Table, tuple[pa.Table, pa.Table]]]:
     """Like ``convert_all``, but results come back in page order (at most ``ahead`` ahead)."""
+    costs = _Costs(flight, cancel)
     running: collections.deque[tuple[pa.Table, Future[tuple[pa.Table, pa.Table]]]] = collections.deque()
     try:
         for page in pages:
+            while not costs.admit(page):
+                if running:
+                    done, future = running.popleft()
+                    yield from costs.hand(future, (done, future.result()))
             running.append((page, pool.submit(_convert, rtype, page, formats)))
             if len(running) > ahead:
                 done, future = running.popleft()
-                yield done, future.result()
+                yield from costs.hand(future, (done, future.result()))
         while running:
             done, future = running.popleft()
-            yield done, future.result()
+            yield from costs.hand(future, (done, future.result()))
     finally:
         for _, f in running:
             f.cancel()
+        costs.give_back()
 
 
 KEY = "_key"
@@ -55,7 +68,13 @@ CSV_PREFIX = "csv:"
 
 
 def convert_all(
-    rtype: RecordType, pages: Iterable[pa.Table], formats: frozenset[str], pool: ThreadPoolExecutor, ahead: int
+    rtype: RecordType,
+    pages: Iterable[pa.Table],
+    formats: frozenset[str],
+    pool: ThreadPoolExecutor,
+    ahead: int,
+    flight: InFlight | None = None,
+    cancel: threading.Event | None = None,
 ) -> Iterator[tuple[Position, int, Position | None, tuple[pa.Table, pa.Table]]]:
     """Convert pages on the converter ``pool`` (Polars and pyarrow release the GIL), at most
     ``ahead`` pages of this stream in flight. Results come back in any order: they are sorted next.
@@ -64,7 +83,11 @@ def convert_all(
     the position of the last page of the prefix of pages whose results have all come
     back, once this one is taken, if no later page's result has come back yet (the pages
     taken are exactly that prefix: a checkpoint can name it); else None.
+
+    ``flight``: the run's bound on the bytes of pages in flight (``InFlight``), shared with
+    its other streams: a page waits until it fits.
     """
+    costs = _Costs(flight, cancel)
     running: set[Future[tuple[pa.Table, pa.Table]]] = set()
     # Pages by number, in submission order; a taken future is not kept (it holds its result).
     order: collections.deque[tuple[int, Position]] = collections.deque()
@@ -83,7 +106,13 @@ def convert_all(
 
     try:
         for number, page in enumerate(pages):
+            while not costs.admit(page):  # the run's pages in flight are at their limit: take ours as they come
+                if running:
+                    done, running = wait(running, timeout=0.1, return_when=FIRST_COMPLETED)
+                    for f in done:
+                        yield from costs.hand(f, take(f))
             future = pool.submit(_convert, rtype, page, formats)
+            costs.submitted(future)
             position = Position.of(page)
             info[future] = (number, position, page.num_rows)
             order.append((number, position))
@@ -91,12 +120,78 @@ def convert_all(
             if len(running) >= ahead:
                 done, running = wait(running, return_when=FIRST_COMPLETED)
                 for f in done:
-                    yield take(f)
+                    yield from costs.hand(f, take(f))
         for f in as_completed(running):
-            yield take(f)
+            yield from costs.hand(f, take(f))
     finally:
         for f in running:
             f.cancel()
+        costs.give_back()
+
+
+class _Costs:
+    """A stream's pages in the run's ``InFlight`` bytes: each page is admitted with its
+    expected cost (its bytes and its converted rows', at the largest ratio of the two this
+    stream has seen; 2 before the first), set to the true cost once converted, and given
+    back once the caller is done with its result (when it asks for the next one)."""
+
+    def __init__(self, flight: InFlight | None, cancel: threading.Event | None):
+        self._flight = flight
+        self._cancel = cancel
+        self._ratio = 2.0  # converted bytes per page byte until one is seen; all three formats take ~1.6
+        self._seen = False
+        self._waiting: int | None = None  # the cost of the page admitted, not yet submitted
+        self._pending_bytes = 0
+        self._cost: dict[Future[tuple[pa.Table, pa.Table]], int] = {}
+        self._page_bytes: dict[Future[tuple[pa.Table, pa.Table]], int] = {}
+
+    def admit(self, page: pa.Table) -> bool:
+        """Whether ``page`` fits now (if not, the caller takes results and asks again)."""
+        if self._flight is None:
+            return True
+        if self._cancel is not None and self._cancel.is_set():
+            raise Cancelled
+        size = page.nbytes
+        cost = int(size * (1 + self._ratio))
+        if self._flight.try_take(cost):
+            self._waiting = cost
+            self._pending_bytes = size
+            return True
+        if not self._cost:  # nothing of ours to take: other streams hold it all
+            self._flight.wait(0.1)
+        return False
+
+    def submitted(self, future: Future[tuple[pa.Table, pa.Table]]) -> None:
+        if self._waiting is not None:
+            self._cost[future] = self._waiting
+            self._page_bytes[future] = self._pending_bytes
+            self._waiting = None
+
+    def hand(self, future: Future[tuple[pa.Table, pa.Table]], item: T) -> Generator[T, None, None]:
+        """Yield ``item`` (``future``'s result); its cost is given back when the caller resumes."""
+        cost = self._cost.pop(future, None)
+        if cost is not None and self._flight is not None:
+            rows, bad = future.result()
+            converted = rows.nbytes + bad.nbytes
+            page = self._page_bytes.pop(future)
+            if page:
+                ratio = converted / page
+                self._ratio, self._seen = (max(self._ratio, ratio) if self._seen else ratio), True
+            true = page + converted
+            self._flight.grow(true - cost)
+            cost = true
+        try:
+            yield item
+        finally:
+            if cost is not None and self._flight is not None:
+                self._flight.give(cost)
+
+    def give_back(self) -> None:
+        """What is still held: pages not converted or not taken (the stream failed or stopped)."""
+        if self._flight is not None:
+            self._flight.give(sum(self._cost.values()) + (self._waiting or 0))
+        self._cost.clear()
+        self._waiting = None
 
 
 def _convert(rtype: RecordType, page: pa.Table, formats: frozenset[str]) -> tuple[pa.Table, pa.Table]:

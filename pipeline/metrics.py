@@ -40,6 +40,12 @@ def prometheus_text(metrics: dict[str, object], *, success: bool, run_seconds: f
     metric(
         "pipeline_peak_rss_bytes", "gauge", "Peak resident memory of the run.", [("", metrics.get("peak_rss_bytes"))]
     )
+    metric(
+        "pipeline_peak_in_flight_bytes",
+        "gauge",
+        "The most bytes the run's pages and converted rows held at once between reading and sorting or writing.",
+        [("", metrics.get("peak_in_flight_bytes"))],
+    )
     streams = metrics.get("streams") or {}
     assert isinstance(streams, dict)
     for name, key, kind, help_ in _STREAM:

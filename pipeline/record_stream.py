@@ -196,7 +196,10 @@ class RecordStream(Writes):
         if state is not None:
             self.progress.advance(source.start.seen if source.start else 0)
         self._pages = prefetch(source.pages(), budget.prefetch)
-        converted = convert_all(self.rtype, self._pages, self.formats, budget.converters, budget.tuning.converters)
+        converted = convert_all(
+            self.rtype, self._pages, self.formats, budget.converters, budget.tuning.converters, budget.in_flight,
+            budget.cancel,
+        )  # fmt: skip
         clock = self.ctx.clock()
         for _page, n, settled, (rows_out, bad_out) in converted:
             self.pages_read += 1

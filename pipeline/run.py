@@ -39,7 +39,7 @@ from .rejects import REJECTS
 from .sinks import FileResult, concat_files
 from .source import BATCH_BYTES, RETRIES, Archive, Filters
 from .streams import Budget, RejectCount, Result, Stream, StreamContext, checkpointed
-from .tuning import OpenFiles, Tuning
+from .tuning import InFlight, OpenFiles, Tuning
 
 log = logging.getLogger("pipeline")
 SNAPSHOT = ".archive-snapshot.db"  # the copy a rollback-journal archive is read from; never published
@@ -244,7 +244,7 @@ def _export(
     # their size: halving them cost more time than it saved).
     budget = Budget(
         tuning, converters, db.cancel, tuning.prefetch if jobs == 1 else 1, RejectCount(options.max_rejects),
-        OpenFiles(tuning.open_files), staging.checkpoints,
+        OpenFiles(tuning.open_files), staging.checkpoints, InFlight(tuning.in_flight_bytes),
     )  # fmt: skip
     try:
         done = _run_streams(streams, jobs, progress, budget, seconds)
@@ -257,6 +257,7 @@ def _export(
     metrics: dict[str, object] = {
         "run_seconds": round(time.monotonic() - started, 3),
         "peak_rss_bytes": peak_rss(),
+        "peak_in_flight_bytes": budget.in_flight.peak,
         "archive_retries": db.retried,
         "streams": per_stream,
     }

@@ -25,7 +25,7 @@ from .progress import Phase, Progress
 from .rejects import REJECTS, RejectLog
 from .sinks import SINKS, FileResult, Sink
 from .source import Archive, Filters
-from .tuning import OpenFiles, Tuning
+from .tuning import InFlight, OpenFiles, Tuning
 
 log = logging.getLogger("pipeline")
 
@@ -177,7 +177,8 @@ class RejectCount:
 @dataclass(frozen=True)
 class Budget:
     """What the streams of a run share: the tuning, the converter threads (one pool for all),
-    the open sort files, the reject count, and the flag that stops them when one fails."""
+    the open sort files, the bytes in flight, the reject count, and the flag that stops them
+    when one fails."""
 
     tuning: Tuning
     converters: ThreadPoolExecutor  # shared by all streams: a stream that ends leaves its share to the rest
@@ -186,6 +187,7 @@ class Budget:
     rejects: RejectCount = field(default_factory=lambda: RejectCount(None))
     open_files: OpenFiles = field(default_factory=lambda: OpenFiles(Tuning().open_files))
     checkpoints: Checkpoints | None = None
+    in_flight: InFlight = field(default_factory=lambda: InFlight(Tuning().in_flight_bytes))
 
     def event(self, name: str) -> None:
         """A phase boundary (``posts.page``, ...): ``Tuning.on_event``, once the checkpoints

@@ -57,6 +57,7 @@ class Tuning:
     converters: int = field(default_factory=_converters)
     write_rows: int = 16_384
     prefetch: int = 1
+    in_flight_bytes: int = 128 * 2**20
     checkpoint_seconds: float = CHECKPOINT_SECONDS
     open_files: int = field(default_factory=_open_file_budget)
     on_huge_rows: Callable[[], None] | None = None
@@ -109,3 +110,43 @@ class Once:
             fn, self._fn = self._fn, None
         if fn is not None:
             fn()
+
+
+class InFlight:
+    """The bytes a run's pages and their converted rows hold between the readers and the
+    sort or the sinks, over all its streams: at most ``limit``, so that memory does not
+    depend on which stage happens to be slow (a busy machine, a slow disk) nor on
+    ``--jobs``. A page is let in only if it fits, or if nothing else is in flight (a page
+    larger than the limit still goes through, alone)."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.held = 0
+        self.peak = 0  # the most ever held, for tests and metrics
+        self._cond = threading.Condition()
+
+    def try_take(self, n: int) -> bool:
+        with self._cond:
+            if self.held and self.held + n > self.limit:
+                return False
+            self._hold(n)
+            return True
+
+    def grow(self, n: int) -> None:
+        """``n`` more bytes held by what is already in (a page's converted rows), not waited for."""
+        with self._cond:
+            self._hold(n)
+
+    def give(self, n: int) -> None:
+        with self._cond:
+            self.held -= n
+            self._cond.notify_all()
+
+    def wait(self, timeout: float) -> None:
+        """Until bytes are given back (or ``timeout`` seconds)."""
+        with self._cond:
+            self._cond.wait(timeout)
+
+    def _hold(self, n: int) -> None:
+        self.held += n
+        self.peak = max(self.peak, self.held)

@@ -1,4 +1,5 @@
-"""--jobs: the same bytes whatever the parallelism; one failing stream fails the run at once."""
+"""--jobs: the same bytes whatever the parallelism; one failing stream fails the run at once; the bytes
+in flight bounded over all streams."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import json
 import os
 import shutil
 import sqlite3
+import threading
 import time
 from pathlib import Path
 
@@ -13,6 +15,7 @@ import pytest
 from conftest import ROOT, run_cli
 
 import pipeline
+from pipeline.tuning import InFlight, Tuning
 
 
 def _data(out: Path) -> dict[str, bytes]:
@@ -83,3 +86,64 @@ def test_one_failing_stream_fails_the_run_promptly(archive_150k, full_run, tmp_p
     # The broken table fails as its stream starts (~0.3 s in, of a ~2.5 s run here); the
     # healthy streams are stopped at their next page instead of running on.
     assert failed_after < full_run / 2, (failed_after, full_run)
+
+
+def _overlap(monkeypatch) -> dict[str, int]:
+    """Spy on the page conversions: ``most`` pages whose conversion had begun and whose
+    converted rows the stream had not yet taken, at once (each conversion made slow enough
+    for two to overlap whenever they are let)."""
+    import pipeline.convert as convert
+
+    seen, lock = {"now": 0, "most": 0}, threading.Lock()
+    real = convert._convert
+
+    def slow(rtype, page, formats):
+        with lock:
+            seen["now"] += 1
+            seen["most"] = max(seen["most"], seen["now"])
+        time.sleep(0.02)
+        return real(rtype, page, formats)
+
+    def taken(costs, future, item):  # the stream takes a result: that page is out of flight
+        with lock:
+            seen["now"] -= 1
+        yield from hand(costs, future, item)
+
+    hand = convert._Costs.hand
+    monkeypatch.setattr(convert, "_convert", slow)
+    monkeypatch.setattr(convert._Costs, "hand", taken)
+    return seen
+
+
+@pytest.mark.parametrize("limit", [1, None])
+def test_pages_in_flight_are_bounded_by_bytes_over_all_streams(archive_20k, tmp_path, monkeypatch, limit):
+    """``Tuning.in_flight_bytes`` bounds the pages converting or converted and not yet taken,
+    over every stream of the run (four at once here): at a limit of 1 byte one page at a
+    time, yet the same files; without it, pages overlap (so the spy can see a breach)."""
+    seen = _overlap(monkeypatch)
+    tuning = Tuning(page_rows=2_000, in_flight_bytes=1 if limit else 2**40)
+    out = tmp_path / "out"
+    result = pipeline.export(archive_20k, out, formats=["csv", "json"], ops=True, jobs=4, tuning=tuning)
+    if limit:
+        assert seen["most"] == 1
+        reference = tmp_path / "reference"
+        pipeline.export(archive_20k, reference, formats=["csv", "json"], ops=True, jobs=4)
+        got, want = _data(out), _data(reference)
+        for data in (got, want):
+            data.pop("manifest.json"), data.pop("metrics.json", None)
+        assert got == want
+    else:
+        assert seen["most"] >= 2
+    assert result.metrics["peak_in_flight_bytes"] > 0
+
+
+def test_in_flight_lets_one_page_through_alone_whatever_its_size():
+    flight = InFlight(100)
+    assert flight.try_take(500)  # nothing else in flight: a page larger than the limit goes alone
+    assert not flight.try_take(1)
+    flight.give(500)
+    assert flight.try_take(60) and flight.try_take(40) and not flight.try_take(1)
+    flight.grow(30)  # converted rows of what is already in are not refused
+    assert (flight.held, flight.peak) == (130, 500)
+    flight.give(130)
+    assert flight.held == 0 and flight.try_take(100)
