@@ -68,6 +68,7 @@ class Format(StrEnum):
     csv = "csv"
     json = "json"
     ndjson = "ndjson"
+    parquet = "parquet"
 
 
 class LogFormat(StrEnum):
