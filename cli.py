@@ -58,7 +58,9 @@ def _huge_rows() -> None:
 _tune_memory()
 
 app = typer.Typer(
-    add_completion=False, no_args_is_help=True, help="Export a Bluesky archive (SQLite) to CSV, JSON and NDJSON."
+    add_completion=False,
+    no_args_is_help=True,
+    help="Export a Bluesky archive (SQLite) to CSV, JSON, NDJSON and Parquet.",
 )
 run_app = typer.Typer(no_args_is_help=True, help="Run a pipeline job.")
 app.add_typer(run_app, name="run")
@@ -68,6 +70,7 @@ class Format(StrEnum):
     csv = "csv"
     json = "json"
     ndjson = "ndjson"
+    parquet = "parquet"
 
 
 class LogFormat(StrEnum):
@@ -112,7 +115,11 @@ def export_command(
     formats: Annotated[
         list[Format] | None,
         typer.Option(
-            "--format", "-f", help="Output format; repeat for several. [default: csv, json]", show_default=False
+            "--format",
+            "-f",
+            help="Output format: csv, json, ndjson or parquet (typed columns, zstd); repeat for several."
+            " [default: csv, json]",
+            show_default=False,
         ),
     ] = None,  # noqa: UP045
     types: Annotated[
@@ -228,7 +235,7 @@ def export_command(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")] = False,
     debug: Annotated[bool, typer.Option("--debug", help="Show the traceback of an error.")] = False,
 ) -> None:
-    """Export an archive's posts, likes and follows to CSV, JSON and/or NDJSON, in bounded memory.
+    """Export an archive's posts, likes and follows to CSV, JSON, NDJSON and/or Parquet, in bounded memory.
 
     Files are written to a staging folder and published into OUT only when all
     are complete, with a manifest.json (counts, sizes, SHA-256).
@@ -240,6 +247,8 @@ def export_command(
     Example:
 
         pipeline run export archive.db -o exports/mine -f csv -f ndjson --types posts,likes --since 2024-01-01
+
+        pipeline run export archive.db -o exports/typed -f parquet --ops
     """
     from dataclasses import replace
 

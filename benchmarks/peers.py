@@ -17,19 +17,21 @@ CSV_SQL = (
 )
 # posts.json/.ndjson carry every column (embed_data and labels parsed; the peers copy the text).
 JSON_SQL = "SELECT *" + ORDER
-SQL = {"csv": CSV_SQL, "json": JSON_SQL, "ndjson": JSON_SQL}
+# Parquet: every column; DuckDB sorts the loaded table itself (COPY (SELECT ... ORDER BY ...)), Polars takes it sorted.
+SQL = {"csv": CSV_SQL, "json": JSON_SQL, "ndjson": JSON_SQL, "parquet": JSON_SQL}
+SQL_UNSORTED = {"duckdb": "SELECT * FROM posts"}
 
 
 @dataclass(frozen=True)
 class Peer:
     name: str  # e.g. "sqlite3 -csv"
-    family: str  # what --skip-peers matches: sqlite3, sqlite-utils, stdlib, polars
+    family: str  # what --skip-peers matches: sqlite3, sqlite-utils, stdlib, polars, duckdb
     format: str
     whole_table: bool = False  # holds the whole result in memory
 
     def command(self, db: Path, out: Path) -> tuple[list[str], Path | None]:
         """The command and the file its stdout goes to (None: it writes ``out`` itself)."""
-        sql = SQL[self.format]
+        sql = SQL_UNSORTED.get(self.family, SQL[self.format])
         if self.family == "sqlite3":
             return [
                 _exe("sqlite3"),
@@ -69,6 +71,8 @@ PEERS = [
     Peer("polars write_csv", "polars", "csv", whole_table=True),
     Peer("polars write_json", "polars", "json", whole_table=True),
     Peer("polars write_ndjson", "polars", "ndjson", whole_table=True),
+    Peer("polars write_parquet", "polars", "parquet", whole_table=True),
+    Peer("duckdb COPY TO parquet", "duckdb", "parquet", whole_table=True),
 ]
 FAMILIES = sorted({p.family for p in PEERS})
 

@@ -1,6 +1,7 @@
-"""Polars as a peer: the whole query result in memory (ADBC SQLite), then one write_csv/write_json/write_ndjson.
+"""Polars as a peer: the whole query result in memory (ADBC SQLite), then one
+write_csv/write_json/write_ndjson/write_parquet.
 
-python benchmarks/peers_polars.py ARCHIVE SQL OUT csv|json|ndjson
+python benchmarks/peers_polars.py ARCHIVE SQL OUT csv|json|ndjson|parquet
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ def export(db: str, sql: str, out: str, fmt: str) -> None:
         df.write_json(out)
     elif fmt == "ndjson":
         df.write_ndjson(out)
+    elif fmt == "parquet":
+        df.write_parquet(out)
     else:
         raise SystemExit(f"unknown format {fmt!r}")
 

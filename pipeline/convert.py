@@ -3,8 +3,9 @@
 ``convert_all`` converts a stream's pages in any order (they are sorted next) and
 says which prefix of pages is settled (for checkpoints); ``convert_in_order``
 keeps page order (ops). A converted page is one Arrow table: the sort keys
-(``_ninst``, ``_nsub``, the key), the CSV columns (``csv:<header>``) and the JSON
-text (``json``). ``prefetch`` reads an iterator ahead on a thread of its own.
+(``_ninst``, ``_nsub``, the key), the CSV columns (``csv:<header>``), the JSON
+text (``json``) and the typed Parquet columns (``pq:<name>``). ``prefetch`` reads
+an iterator ahead on a thread of its own.
 """
 
 from __future__ import annotations
@@ -65,6 +66,7 @@ def convert_in_order(
 
 KEY = "_key"
 CSV_PREFIX = "csv:"
+PARQUET_PREFIX = "pq:"
 
 
 def convert_all(
@@ -215,6 +217,9 @@ def _convert(rtype: RecordType, page: pa.Table, formats: frozenset[str]) -> tupl
     if out.json is not None:
         cols.append(out.json.column(0))
         names.append("json")
+    if out.parquet is not None:
+        cols += out.parquet.columns
+        names += [PARQUET_PREFIX + n for n in out.parquet.schema.names]
     converted = pa.Table.from_arrays(cols, names=names)
     bad = pa.Table.from_batches([out.rejects])
     rows = bad.column("_row")
@@ -246,13 +251,15 @@ def page_range(page: pa.Table, key: str) -> str:
 def write_chunk(
     sinks: dict[str, Sink], formats: Sequence[str], chunk: pa.RecordBatch, rtype: RecordType, key: str
 ) -> None:
-    """A converted chunk into each format's sink (CSV: the ``csv:`` columns; JSON: ``json``)."""
+    """A converted chunk into each format's sink (CSV: the ``csv:`` columns; Parquet: the
+    ``pq:`` columns; JSON: ``json``)."""
     fmt = formats[0]
     try:
         for fmt in formats:
-            if fmt == "csv":
-                names = [n for n in chunk.schema.names if n.startswith(CSV_PREFIX)]
-                part = chunk.select(names).rename_columns([n[len(CSV_PREFIX) :] for n in names])
+            if fmt in ("csv", "parquet"):
+                prefix = CSV_PREFIX if fmt == "csv" else PARQUET_PREFIX
+                names = [n for n in chunk.schema.names if n.startswith(prefix)]
+                part = chunk.select(names).rename_columns([n[len(prefix) :] for n in names])
             else:
                 part = chunk.select(["json"])
             sinks[fmt].write(part)

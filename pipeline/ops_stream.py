@@ -5,7 +5,9 @@ pages are converted on the converter threads but written in order, nothing is
 sorted or spilled. Each page's rows go to the files of their (type, action); a
 file is opened when its first row comes. With checkpoints, the last page written
 and the files' sizes then are recorded (at most every
-``Tuning.checkpoint_seconds``), and a killed run's are continued.
+``Tuning.checkpoint_seconds``), and a killed run's are continued. With Parquet
+among the formats (a file that cannot be continued) no such checkpoint is
+taken: a killed run's ops are written again.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from .frames import frame
 from .progress import Phase, Progress
 from .records import COLLECTION_TYPES, OP_ACTIONS, OPS
 from .rejects import RejectLog
-from .sinks import Sink, open_sink
+from .sinks import SINKS, Sink, open_sink
 from .source import Position, Reads, RecordSource
 from .streams import Budget, StreamContext, StreamResult, Writes, log, remove_leftovers
 
@@ -75,6 +77,7 @@ class OpsStream(Writes):
         self.sinks: dict[tuple[str, str], Sink] = {}  # (file stem, format)
         self.rejects = RejectLog(ctx.folder, OPS)
         self.pages_read = 0
+        self.resumable = all(SINKS[f].resumable for f in ctx.formats)  # files continued from a checkpoint
 
     @classmethod
     def run_resumed(cls, ctx: StreamContext, progress: Progress, budget: Budget) -> StreamResult:
@@ -156,7 +159,7 @@ class OpsStream(Writes):
                 self.rejects.write(bad_out)
             self.progress.advance(page.num_rows)
             budget.event(f"{OPS.name}.page")
-            if self.ctx.checkpoints is not None and clock is not None and clock.due():
+            if self.resumable and self.ctx.checkpoints is not None and clock is not None and clock.due():
                 self._checkpoint(source, Position.of(page))
                 clock.reset()
 

@@ -11,7 +11,10 @@ With checkpoints, the stream records where it stands at most every
 pages all of whose rows are in the sort's files (and those files' sizes); while
 writing, the next bucket and the output files' sizes. A resumed stream continues
 from its checkpoint (see pipeline.checkpoint), or starts over if its files are
-not as the checkpoint says.
+not as the checkpoint says. A Parquet file cannot be cut back to a size (its
+footer comes last), so with Parquet among the formats no checkpoint is taken
+while writing: the last one is taken once every page is sorted, and a resumed
+stream writes all its files again from its sorted rows.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from .errors import ExportError
 from .progress import Phase, Progress
 from .records import RecordType
 from .rejects import REJECTS, RejectLog
-from .sinks import Sink, open_sink
+from .sinks import SINKS, Sink, open_sink
 from .sort import NINST, NSUB, RID, BucketSorter
 from .source import Position, Reads, RecordSource
 from .streams import Budget, StreamContext, StreamResult, Writes, log, remove_leftovers
@@ -94,6 +97,7 @@ class RecordStream(Writes):
         self.spill = ctx.folder / f".spill-{self.name}"  # this stream's sort files
         self.key = sort_key(rtype, self.formats)
         self.sinks: dict[str, Sink] = {}
+        self.resumable = all(SINKS[f].resumable for f in ctx.formats)  # files continued from a checkpoint
         self.rejects = RejectLog(ctx.folder, rtype)
         self.pages_read = self.rejected = 0
         self._pages: Generator[pa.Table, None, None] | None = None
@@ -201,6 +205,7 @@ class RecordStream(Writes):
             budget.cancel,
         )  # fmt: skip
         clock = self.ctx.clock()
+        settled = None
         for _page, n, settled, (rows_out, bad_out) in converted:
             self.pages_read += 1
             budget.check()
@@ -221,6 +226,8 @@ class RecordStream(Writes):
                 self._checkpoint(source, rows, bad, "converting", settled)
                 clock.reset()
         self._pages.close()
+        if not self.resumable and settled is not None and clock is not None:
+            self._checkpoint(source, rows, bad, "converting", settled)  # no checkpoint comes while writing
 
     def _write(
         self,
@@ -242,7 +249,8 @@ class RecordStream(Writes):
         try:
             current = None
             for bucket, table in ordered:
-                if bucket != current and current is not None and keep and clock is not None and clock.due():
+                due = self.resumable and clock is not None and clock.due()
+                if bucket != current and current is not None and keep and clock is not None and due:
                     # the buckets before this one are written: their files go once this is on disk
                     release = functools.partial(rows.release, bucket)
                     at = {f: list(self.sinks[f].position()) for f in self.ctx.formats}

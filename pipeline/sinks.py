@@ -1,4 +1,5 @@
 """CSV / JSON / NDJSON writers with a lifecycle: open → write(batch)… → close() or abort().
+(The Parquet writer is in ``parquet_sink``, registered in ``SINKS`` here.)
 
 Every sink hashes (SHA-256) and counts the bytes it writes as it writes them, so
 the manifest needs no second read of the files.
@@ -97,6 +98,8 @@ class Sink:
     when it held ``records`` records in ``size`` bytes (see ``position``).
     """
 
+    resumable = True  # a file cut back to ``position`` can be continued
+
     def __init__(self, folder: Path, name: str, resume: tuple[int, int] | None = None):
         self.name = name
         self._file = HashingFile(folder / name, None if resume is None else resume[0])
@@ -180,7 +183,9 @@ class JsonArraySink(Sink):
         self._file.write(b"\n]\n" if self.records else b"[]\n")
 
 
-SINKS = {"csv": CsvSink, "json": JsonArraySink, "ndjson": NdjsonSink}
+from .parquet_sink import ParquetSink  # noqa: E402 - it subclasses Sink, defined above
+
+SINKS: dict[str, type[Sink]] = {"csv": CsvSink, "json": JsonArraySink, "ndjson": NdjsonSink, "parquet": ParquetSink}
 
 
 def concat_files(folder: Path, name: str, parts: list[tuple[Path, int]], remove: bool = True) -> FileResult:
@@ -208,5 +213,7 @@ def open_sink(
     (size, records) continues a file a killed run left."""
     name = f"{stem or rtype.name}.{fmt}"
     if fmt == "csv":
-        return SINKS[fmt](folder, name, transforms.csv_schema(rtype), resume)
+        return CsvSink(folder, name, transforms.csv_schema(rtype), resume)
+    if fmt == "parquet":
+        return ParquetSink(folder, name, rtype, resume)
     return SINKS[fmt](folder, name, resume)

@@ -53,6 +53,13 @@ _MEDIA_TYPE = pa.struct(
     ]
 )
 _ROW_IN_ERROR = re.compile(r"in row (\d+)")
+# Parquet timestamps are nanoseconds in an int64: the whole years they hold (as timestamps.py's fast path)
+PARQUET_MIN_US = -9_214_560_000_000_000  # 1678-01-01T00:00:00Z
+PARQUET_MAX_US = 9_214_646_399_999_999  # 2261-12-31T23:59:59.999999Z (any nanoseconds past it)
+BEYOND_PARQUET = (
+    "an instant outside the years 1678-2261, which Parquet's nanosecond timestamps hold: null in the .parquet"
+    " file (the other formats write it)"
+)
 
 
 @dataclass(frozen=True)
@@ -63,12 +70,14 @@ class Outputs:
     csv: pa.RecordBatch | None
     json: pa.RecordBatch | None
     rejects: pa.RecordBatch
+    parquet: pa.RecordBatch | None = None  # typed columns, named as in the archive
 
 
 # --- the plan: expressions built once per record type ------------------------------
 
 
 ALL_FORMATS = frozenset({"csv", "json", "ndjson"})
+WHOLE_ROW = frozenset({"json", "ndjson", "parquet"})  # formats that write every column
 
 
 @dataclass(frozen=True)
@@ -78,6 +87,8 @@ class _Plan:
     csv: tuple[pl.Expr, ...]
     json: pl.Expr
     rejected: pl.Expr  # true if the batch has any reject
+    parquet: tuple[pl.Expr, ...]  # the typed columns a Parquet file holds
+    parquet_range: bool  # instants Parquet cannot hold are rejects (Parquet asked for)
 
 
 _DERIVED_FROM = {"media_files": ("has_media", "embed_data")}
@@ -89,7 +100,7 @@ def reads(rtype: RecordType, formats: frozenset[str]) -> tuple[frozenset[str] | 
     A CSV-only export reads neither ``labels`` nor ``archived_at``, and ``embed_data``
     only where ``has_media`` (it is there for MediaFiles alone).
     """
-    if formats & {"json", "ndjson"}:
+    if formats & WHOLE_ROW:
         return None, ()
     needed = frozenset(n for c in rtype.csv for n in _DERIVED_FROM.get(c.source, (c.source,)))
     return needed, tuple((_MEDIA_SOURCE, "has_media") for c in rtype.csv if c.source == "media_files")
@@ -102,7 +113,7 @@ def _plan(rtype: RecordType, formats: frozenset[str] = ALL_FORMATS, with_instant
     the batch carries the source's ``_ninst`` and ``_nsub``, so the time column is not
     parsed again."""
     media = "csv" in formats
-    if formats & {"json", "ndjson"}:
+    if formats & WHOLE_ROW:
         needed = set(rtype.column_names)
     else:
         needed = {n for c in rtype.csv for n in _DERIVED_FROM.get(c.source, (c.source,))}
@@ -117,7 +128,7 @@ def _plan(rtype: RecordType, formats: frozenset[str] = ALL_FORMATS, with_instant
             steps.append([{}, *instant_steps(RAW + c.name, c.name)])
         elif c.kind == "json" and media and c.name == _MEDIA_SOURCE:
             # One parse checks the JSON and extracts the media hashes.
-            parse = functools.partial(_json_and_media, validate_all=bool(formats & {"json", "ndjson"}))
+            parse = functools.partial(_json_and_media, validate_all=bool(formats & WHOLE_ROW))
             source = pl.struct(pl.col(RAW + c.name).alias("json"), pl.col(RAW + "has_media").alias("has_media"))
             parsed = source.map_batches(parse, return_dtype=_JSON_AND_MEDIA)
             steps.append([{}, {_MEDIA: parsed}, {c.name: pl.col(_MEDIA).struct.field("json")}])
@@ -131,13 +142,16 @@ def _plan(rtype: RecordType, formats: frozenset[str] = ALL_FORMATS, with_instant
     fragments = [_json_fragment(c) for c in rtype.columns]
     obj = pl.concat_str([pl.lit("{"), pl.concat_str(fragments, separator=",", ignore_nulls=True), pl.lit("}")])
     obj = escape_line_separators(obj)
-    masks = [_rejected(c) for c in converted]
+    parquet_range = "parquet" in formats
+    masks = [_rejected(c, parquet_range) for c in converted]
     return _Plan(
         converted=converted,
         typed_steps=tuple(tuple(s) for s in steps),
         csv=csv,
         json=obj.alias("json"),
         rejected=pl.any_horizontal(masks).any() if masks else pl.lit(False),
+        parquet=tuple(_parquet_value(c).alias(c.name) for c in rtype.columns),
+        parquet_range=parquet_range,
     )
 
 
@@ -147,8 +161,18 @@ def escape_line_separators(text: pl.Expr) -> pl.Expr:
     return text.str.replace_all("\u2028", "\\u2028", literal=True).str.replace_all("\u2029", "\\u2029", literal=True)
 
 
-def _rejected(col: Column) -> pl.Expr:
-    return pl.col(RAW + col.name).is_not_null() & pl.col(col.name).is_null()
+def _rejected(col: Column, parquet_range: bool = False) -> pl.Expr:
+    """Whether a cell of ``col`` is a reject: stored but not converted (with ``parquet_range``,
+    also an instant that Parquet's nanosecond timestamps cannot hold)."""
+    failed = pl.col(RAW + col.name).is_not_null() & pl.col(col.name).is_null()
+    if parquet_range and col.kind == "timestamp":
+        return failed | _beyond_parquet(col)
+    return failed
+
+
+def _beyond_parquet(col: Column) -> pl.Expr:
+    """An instant of timestamp column ``col`` outside the years Parquet's nanoseconds hold."""
+    return pl.col(col.name).is_not_null() & ~pl.col(col.name).is_between(PARQUET_MIN_US, PARQUET_MAX_US)
 
 
 def _convert(col: Column, raw: pl.Expr) -> pl.Expr:
@@ -196,10 +220,11 @@ def transform(rtype: RecordType, batch: pa.RecordBatch | pa.Table, formats: set[
     df = _typed_frame(plan, rtype, batch)
     csv = to_batch(df.select(plan.csv)) if "csv" in formats else None
     js = to_batch(df.select(plan.json)) if formats & {"json", "ndjson"} else None
+    pq = to_batch(df.select(plan.parquet)) if "parquet" in formats else None
     bad = _rejects(plan, rtype, df) if df.select(plan.rejected).item() else _rejects(plan, rtype, df.clear())
     if UTF8 in batch.schema.names and batch.column(UTF8).null_count < batch.num_rows:
         bad = _with_utf8_rejects(rtype, batch, bad)
-    return Outputs(csv, js, bad)
+    return Outputs(csv, js, bad, pq)
 
 
 NOT_UTF8 = "not UTF-8 text: written with U+FFFD for the bytes that are not; the value here is the stored bytes in hex"
@@ -316,7 +341,7 @@ def _rejects(plan: _Plan, rtype: RecordType, df: pl.DataFrame) -> pa.RecordBatch
     df = df.with_row_index("_row")
     parts = []
     for i, col in enumerate(plan.converted):
-        bad = df.filter(_rejected(col))
+        bad = df.filter(_rejected(col, plan.parquet_range))
         if bad.height:
             parts.append(
                 bad.select(
@@ -326,7 +351,7 @@ def _rejects(plan: _Plan, rtype: RecordType, df: pl.DataFrame) -> pa.RecordBatch
                     key=pl.col(rtype.key),
                     column=pl.lit(col.name),
                     value=pl.col(RAW + col.name),
-                    reason=_reason(col),
+                    reason=_reason(col, plan.parquet_range),
                 )
             )
     schema = pa.schema([("_row", pa.int64()), ("_col", pa.int64()), *REJECT_SCHEMA])
@@ -335,12 +360,15 @@ def _rejects(plan: _Plan, rtype: RecordType, df: pl.DataFrame) -> pa.RecordBatch
     return to_batch(pl.concat(parts).sort("_row", "_col")).cast(schema)
 
 
-def _reason(col: Column) -> pl.Expr:
+def _reason(col: Column, parquet_range: bool = False) -> pl.Expr:
     """Why a cell of ``col`` is a reject (for a timestamp: not one, or out of range)."""
     if col.kind != "timestamp":
         return pl.lit(_REASONS[col.kind])
     far = pl.col(RAW + col.name).map_batches(out_of_range, return_dtype=pl.Boolean)
-    return pl.when(far).then(pl.lit(OUT_OF_RANGE)).otherwise(pl.lit(_REASONS[col.kind]))
+    reason = pl.when(far).then(pl.lit(OUT_OF_RANGE)).otherwise(pl.lit(_REASONS[col.kind]))
+    if parquet_range:
+        return pl.when(_beyond_parquet(col)).then(pl.lit(BEYOND_PARQUET)).otherwise(reason)
+    return reason
 
 
 def rejects(rtype: RecordType, typed_batch: pa.RecordBatch) -> pa.RecordBatch:
@@ -477,6 +505,22 @@ def media_hashes(embed: object) -> list[str]:
         urls.append(external["thumb"])
     hashes = (u.rsplit("/", 1)[1].split("@", 1)[0] if "/" in u else "" for u in urls)
     return [h for h in hashes if h]
+
+
+# --- Parquet --------------------------------------------------------------------------
+
+
+def _parquet_value(col: Column) -> pl.Expr:
+    """One typed Parquet column: text as stored; instants as UTC nanoseconds; integers and
+    booleans typed (a NULL count is 0, as in the other formats); JSON as its checked one-line
+    text. A reject is null here (its stored text is in the rejects)."""
+    v = pl.col(col.name)
+    if col.kind == "timestamp":
+        nanos = v * 1000 + pl.col(ns_column(col.name)).fill_null(0)
+        return pl.when(v.is_between(PARQUET_MIN_US, PARQUET_MAX_US)).then(nanos).cast(pl.Datetime("ns", "UTC"))
+    if col.kind == "int" and col.null_as is not None:
+        return pl.when(pl.col(RAW + col.name).is_null()).then(pl.lit(col.null_as, pl.Int64)).otherwise(v)
+    return v
 
 
 # --- JSON -----------------------------------------------------------------------------

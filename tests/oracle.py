@@ -372,3 +372,72 @@ def expected_ops(
             "time": time_json,
         })  # fmt: skip
     return files, rejects
+
+
+# --- Parquet: typed values -------------------------------------------------------------
+
+# Parquet timestamps are int64 nanoseconds; the export writes the whole years they hold.
+PARQUET_MIN_NS = -9_214_560_000 * 10**9  # 1678-01-01T00:00:00Z
+PARQUET_MAX_NS = 9_214_646_400 * 10**9 - 1  # 2261-12-31T23:59:59.999999999Z
+POST_KINDS = {
+    "created_at": "timestamp", "indexed_at": "timestamp", "archived_at": "timestamp", "has_media": "bool",
+    "is_reply": "bool", "like_count": "count", "repost_count": "count", "reply_count": "count",
+    "quote_count": "count", "embed_data": "json", "labels": "json",
+}  # fmt: skip
+
+
+def typed_value(kind: str, stored: object) -> object:
+    """A stored value as a typed (Parquet) column holds it: text as stored, an instant as ns
+    since the epoch (None outside Parquet's years or not an instant), a count (NULL is 0) or
+    boolean as such, JSON decoded (None when the stored text is not JSON: the column is null)."""
+    raw = as_text(stored)
+    if kind == "text":
+        return raw
+    if kind == "timestamp":
+        t = instant(raw)
+        return t if t is not None and PARQUET_MIN_NS <= t <= PARQUET_MAX_NS else None
+    if kind == "count":
+        return 0 if raw is None else as_int(raw)
+    if kind == "int":
+        return as_int(raw)
+    if kind == "bool":
+        v = as_int(raw)
+        return None if v is None else v != 0
+    assert kind == "json"
+    ok, value = load_json(raw)
+    return value if ok else None
+
+
+def parquet_rejects(rows: list[dict[str, object]], key: str, kinds: dict[str, str]) -> list[tuple[str, str, str]]:
+    """(key, column, stored) of the instants Parquet cannot hold (other rejects are the other formats')."""
+    out = []
+    for r in rows:
+        for c, kind in kinds.items():
+            t = instant(as_text(r[c])) if kind == "timestamp" else None
+            if t is not None and not PARQUET_MIN_NS <= t <= PARQUET_MAX_NS:
+                out.append((str(r[key]), c, as_text(r[c])))
+    return out
+
+
+def expected_parquet(db: str, rtype: str, **filters: object) -> tuple[list[dict[str, object]], list[tuple]]:
+    """The typed rows of one record type's Parquet file, in export order, and its Parquet-only rejects."""
+    cols = POST_COLUMNS if rtype == "posts" else SIMPLE_TYPES[rtype][0]
+    kinds = POST_KINDS if rtype == "posts" else {c: "timestamp" for c in cols if c in TIMESTAMPS}
+    ordered, _ = _ordered_rows(db, rtype, cols, **filters)  # type: ignore[arg-type]
+    rows = [{c: typed_value(kinds.get(c, "text"), r[c]) for c in cols} for r in ordered]
+    return rows, parquet_rejects(ordered, "uri", kinds)
+
+
+def expected_parquet_ops(db: str) -> tuple[dict[str, list[dict[str, object]]], list[tuple]]:
+    """The ops' Parquet files (by stem), typed, and their Parquet-only rejects (no filters)."""
+    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    rows = [dict(zip(OP_COLUMNS, r, strict=True)) for r in con.execute(f"SELECT {', '.join(OP_COLUMNS)} FROM ops")]
+    con.close()
+    rows.sort(key=lambda r: r["seq"])
+    kinds = {"seq": "int", "record": "json", "time": "timestamp"}
+    files: dict[str, list[dict[str, object]]] = {}
+    for r in rows:
+        kind = OP_TYPES.get(r["collection"], "other")  # type: ignore[arg-type]
+        stem = f"{kind}.{r['action'] if r['action'] in ('create', 'update', 'delete') else 'other'}"
+        files.setdefault(stem, []).append({c: typed_value(kinds.get(c, "text"), r[c]) for c in OP_COLUMNS})
+    return files, parquet_rejects(rows, "seq", {"time": "timestamp"})
