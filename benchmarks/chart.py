@@ -1,11 +1,16 @@
-"""chart.png: (a) RSS over time, our CSV export vs polars' whole-table load; (b) rows/s per tool, CSV and JSON."""
+"""chart.png: (a) RSS over time, our CSV export vs polars' whole-table load; (b) rows/s per tool, CSV and JSON;
+and, when measured, (c) our speed against the sqlite3 CLI per archive and (d) peak RSS at scale, quiet and loaded."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 TOOLS = ("pipeline", "sqlite3", "sqlite-utils", "stdlib", "polars")
 COLORS = {"csv": "#4c72b0", "json": "#dd8452"}
+SQLITE3 = {"csv": "sqlite3 -csv -header", "json": "sqlite3 -json"}
+SPEED_ARCHIVES = ("realistic", "1M", "shuffled")
+LIMIT_MIB = 500e6 / 2**20
 
 
 def chart(results: dict, path: Path) -> None:
@@ -19,7 +24,15 @@ def chart(results: dict, path: Path) -> None:
     if label is None:
         return
     a = archives[label]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2), dpi=90)
+    speed = [x for x in SPEED_ARCHIVES if x in archives]
+    sc = results.get("scale")
+    if speed or sc:
+        fig, axes = plt.subplots(2, 2, figsize=(11, 8.4), dpi=90)
+        (left, right), (low_left, low_right) = axes
+        speed_panel(low_left, {x: archives[x] for x in speed})
+        scale_panel(low_right, sc)
+    else:
+        fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2), dpi=90)
     posts = f"{a['posts']:,} posts"
 
     traces = a.get("traces", {})
@@ -65,3 +78,46 @@ def chart(results: dict, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
+
+
+def speed_panel(ax: Any, archives: dict) -> None:
+    """(c) sqlite3's time / ours, csv and json, per archive, with the 1.0x target and the 1.5x stretch."""
+    names = list(archives)
+    width = 0.38
+    for i, fmt in enumerate(("csv", "json")):
+        values = [archives[x]["peers"].get(SQLITE3[fmt], {}).get("ratio", 0) for x in names]
+        xs = [j + (i - 0.5) * width for j in range(len(names))]
+        bars = ax.bar(xs, values, width=width * 0.95, color=COLORS[fmt], label=fmt.upper())
+        for bar, v in zip(bars, values, strict=True):
+            if v:
+                ax.text(bar.get_x() + bar.get_width() / 2, v, f"{v:.2f}x", ha="center", va="bottom", fontsize=7)
+    ax.axhline(1.0, color="black", linewidth=1, label="target 1.0x")
+    ax.axhline(1.5, color="black", linewidth=1, linestyle="--", label="stretch 1.5x")
+    ax.set_xticks(range(len(names)), [f"{x}\n{archives[x]['posts']:,} posts" for x in names])
+    ax.set_title("(c) speed vs the sqlite3 CLI (its time / ours, best)", fontsize=10)
+    ax.set_ylabel("x (higher is better)")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left")
+    ax.margins(y=0.2)
+
+
+def scale_panel(ax: Any, sc: dict | None) -> None:
+    """(d) peak RSS per format, quiet and beside the CPU-bound competitor, per scale archive; the 500 MB line."""
+    if not sc:
+        ax.set_axis_off()
+        return
+    series = [(label, cond) for label in sc["archives"] for cond in ("quiet", "loaded")]
+    formats = list(next(iter(sc["archives"].values()))["formats"]) if sc["archives"] else []
+    width = 0.8 / max(len(series), 1)
+    shades = ("#4c72b0", "#8fb0e0", "#dd8452", "#f0b890")
+    for i, (label, cond) in enumerate(series):
+        fmts = sc["archives"][label]["formats"]
+        values = [(fmts.get(f, {}).get(cond, {}).get("max_peak_kib") or 0) / 1024 for f in formats]
+        xs = [j + (i - (len(series) - 1) / 2) * width for j in range(len(formats))]
+        ax.bar(xs, values, width=width * 0.95, color=shades[i % len(shades)], label=f"{label} {cond}")
+    ax.axhline(LIMIT_MIB, color="#c44e52", linewidth=1, label="500 MB")
+    ax.set_xticks(range(len(formats)), [f.replace("+", "+\n") for f in formats])
+    ax.set_title("(d) peak RSS at scale, quiet and beside a CPU-bound competitor", fontsize=10)
+    ax.set_ylabel("peak RSS (MiB)")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")

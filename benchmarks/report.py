@@ -12,7 +12,15 @@ from benchmarks.measure import RESULTS, ROOT
 README = ROOT / "README.md"
 START, END = "<!-- bench:start -->", "<!-- bench:end -->"
 CHART_LINK = "![benchmark chart](benchmarks/results/chart.png)"
-TITLES = {"100k": "100,000 posts", "1M": "1,000,000 posts", "huge": "huge rows: {posts:,} posts of ~1.5 MB embed_data"}
+TITLES = {
+    "100k": "100,000 posts",
+    "1M": "1,000,000 posts",
+    "huge": "huge rows: {posts:,} posts of ~1.5 MB embed_data",
+    "realistic": "realistic: {posts:,} posts in bskyarchive's storage",
+    "shuffled": "shuffled: the realistic archive's {posts:,} posts in random rowid order",
+    "10M": "10,000,000 posts",
+}
+SQLITE3 = {"csv": "sqlite3 -csv -header", "json": "sqlite3 -json"}
 
 
 def _mib(kib: int | None) -> str:
@@ -98,10 +106,20 @@ def markdown(results: dict) -> str:
             f"{small['max_s']} s max."
         )
         out.append("")
+    out += speed_table(results["archives"])
     jobs = results.get("jobs")
     if jobs:
+        label = jobs.get("label", "1M")
+        posts = results["archives"].get(label, {}).get("posts")
+        what = (
+            "the 1M archive (1M posts, 500k likes, 100k follows, 50k ops)"
+            if label == "1M"
+            else f"the {label} archive ({posts:,} posts, likes posts/2, follows posts/10, ops posts/20)"
+            if posts
+            else f"the {label} archive"
+        )
         out += [
-            "Every record type of the 1M archive (1M posts, 500k likes, 100k follows, 50k ops), `--ops`, csv and json:",
+            f"Every record type of {what}, `--ops`, csv and json:",
             "",
             "| --jobs | best / median | memray peak | peak RSS |",
             "| ---: | --- | ---: | ---: |",
@@ -112,39 +130,107 @@ def markdown(results: dict) -> str:
             lines = f"| {n} | {t} | {peak / 2**20:,.0f} MiB |" if peak else f"| {n} | {t} | failed |"
             out.append(f"{lines} {_mib(v['peak_rss_kib'])} |")
         out.append("")
+    if results.get("scale"):
+        out += scale_table(results["scale"])
     out += ["Targets:", ""]
     for c in results["checks"]:
-        mark = {True: "PASS", False: "**FAIL**", None: "n/a"}[c["ok"]]
+        if c.get("info"):
+            mark = {True: "met (information)", False: "not met (information)", None: "information"}[c["ok"]]
+        else:
+            mark = {True: "PASS", False: "**FAIL**", None: "n/a"}[c["ok"]]
         out.append(f"- {mark} {c['target']}: {c['detail']}")
     return "\n".join(out) + "\n"
 
 
-def update_readme(body: str) -> bool:
-    """Replace the README's lines between the bench markers with ``body``; False if the markers are missing."""
-    text = README.read_text()
+def speed_table(archives: dict) -> list[str]:
+    """Issue 17's speed targets: our csv and json against the sqlite3 CLI's, per archive measured."""
+    rows = []
+    for label in ("realistic", "1M", "shuffled"):
+        a = archives.get(label)
+        if not a:
+            continue
+        for fmt, name in SQLITE3.items():
+            o, p = a["ours"].get(fmt), a["peers"].get(name)
+            if not o or not p or o["status"] != "ok" or p["status"] != "ok":
+                continue
+            rows.append(
+                f"| {label} ({a['posts']:,} posts) | {fmt} | {_time(o)} | `{name}`: {_time(p)} "
+                f"| {p['ratio']:.2f}x / {p['median_ratio']:.2f}x |"
+            )
+    if not rows:
+        return []
+    return [
+        "Against the `sqlite3` CLI, same posts, `ORDER BY created_at DESC, uri` (target 1.0x, stretch 1.5x):",
+        "",
+        "| archive | format | pipeline best / median | peer best / median | speed vs peer, best / median |",
+        "| --- | --- | --- | --- | ---: |",
+        *rows,
+        "",
+    ]
+
+
+def _peak(v: dict) -> str:
+    return _mib(v.get("max_peak_kib"))
+
+
+def _cores(v: dict) -> str:
+    cores = v.get("competitor_cores")
+    return f"{sorted(cores)[len(cores) // 2]:.2f}" if cores else "—"
+
+
+def scale_table(sc: dict) -> list[str]:
+    """Memory at scale: per archive and format, quiet and loaded time and peak RSS."""
+    lines = [
+        f"Memory at scale, posts only; loaded = beside a CPU-bound competitor: {sc['load']} "
+        "(competitor cores = the CPU it used meanwhile, median). Peak RSS = the export process's own, "
+        "the largest of its runs:",
+        "",
+        "| archive | format | quiet best / median | s per million rows | quiet peak RSS "
+        "| loaded best / median | loaded peak RSS | competitor cores |",
+        "| --- | --- | --- | ---: | ---: | --- | ---: | ---: |",
+    ]
+    for label, a in sc["archives"].items():
+        for fmt, conds in a["formats"].items():
+            q, ld = conds["quiet"], conds["loaded"]
+            qt = _time(q) if "best_s" in q else "failed"
+            lt = _time(ld) if "best_s" in ld else "failed"
+            spm = f"{q['s_per_million']:.2f}" if q.get("s_per_million") else "—"
+            lines.append(
+                f"| {label} ({a['posts']:,}) | {fmt} | {qt} | {spm} | {_peak(q)} | {lt} | {_peak(ld)} | {_cores(ld)} |"
+            )
+    if "10M" not in sc["archives"]:
+        lines += ["", "10M posts: not measured in this run (`--scale 10m` or `--archive-10m PATH`)."]
+    return [*lines, ""]
+
+
+def update_readme(body: str, readme: Path = README) -> bool:
+    """Replace ``readme``'s lines between the bench markers with ``body``; False if the markers are missing."""
+    text = readme.read_text()
     start, end = text.find(START), text.find(END)
     if start < 0 or end < start:
-        print(f"README.md: no {START} ... {END} lines; not updated", file=sys.stderr)
+        print(f"{readme.name}: no {START} ... {END} lines; not updated", file=sys.stderr)
         return False
     new = text[: start + len(START)] + "\n\n" + body.rstrip("\n") + "\n\n" + CHART_LINK + "\n\n" + text[end:]
     if new != text:
-        tmp = README.with_suffix(".md.bench-tmp")
+        tmp = readme.with_suffix(".md.bench-tmp")
         tmp.write_text(new)
-        os.replace(tmp, README)
+        os.replace(tmp, readme)
     return True
 
 
-def write(results: dict) -> None:
+def write(results: dict, dest: Path = RESULTS, readme: Path | None = README) -> None:
+    """latest.json, latest.md and chart.png into ``dest``; the tables into ``readme`` unless it is None."""
     from benchmarks.chart import chart
 
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "latest.json").write_text(json.dumps(results, indent=1) + "\n")
+    dest.mkdir(parents=True, exist_ok=True)
+    (dest / "latest.json").write_text(json.dumps(results, indent=1) + "\n")
     md = markdown(results)
-    (RESULTS / "latest.md").write_text("# Benchmark results\n\n" + md)
-    chart(results, RESULTS / "chart.png")
-    update_readme(md)
+    (dest / "latest.md").write_text("# Benchmark results\n\n" + md)
+    chart(results, dest / "chart.png")
+    if readme is not None:
+        update_readme(md, readme)
 
 
-def rewrite(path: Path = RESULTS / "latest.json") -> None:
-    """Regenerate latest.md, chart.png and the README from latest.json (no benchmark run)."""
-    write(json.loads(path.read_text()))
+def rewrite(path: Path = RESULTS / "latest.json", dest: Path = RESULTS, readme: Path | None = README) -> None:
+    """Regenerate latest.md, chart.png and the README from a results file (no benchmark run)."""
+    write(json.loads(path.read_text()), dest, readme)
