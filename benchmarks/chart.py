@@ -110,14 +110,17 @@ def scale_panel(ax: Any, sc: dict | None) -> None:
     formats = list(next(iter(sc["archives"].values()))["formats"]) if sc["archives"] else []
     width = 0.8 / max(len(series), 1)
     shades = ("#4c72b0", "#8fb0e0", "#dd8452", "#f0b890")
+    top = LIMIT_MIB
     for i, (label, cond) in enumerate(series):
         fmts = sc["archives"][label]["formats"]
         values = [(fmts.get(f, {}).get(cond, {}).get("max_peak_kib") or 0) / 1024 for f in formats]
         xs = [j + (i - (len(series) - 1) / 2) * width for j in range(len(formats))]
+        top = max(top, *values)
         ax.bar(xs, values, width=width * 0.95, color=shades[i % len(shades)], label=f"{label} {cond}")
     ax.axhline(LIMIT_MIB, color="#c44e52", linewidth=1, label="500 MB")
+    ax.set_ylim(0, top * 1.35)  # room for the legend
     ax.set_xticks(range(len(formats)), [f.replace("+", "+\n") for f in formats])
     ax.set_title("(d) peak RSS at scale, quiet and beside a CPU-bound competitor", fontsize=10)
     ax.set_ylabel("peak RSS (MiB)")
     ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="upper left", ncol=3)
