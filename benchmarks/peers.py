@@ -8,9 +8,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-# Issue 17's order: created_at as stored, newest first, then uri. On the archives in bskyarchive's storage
-# (Go time strings, all "+0000 UTC") that is time order; julianday() would be NULL there (it reads no Go
-# time string), so ORDER BY julianday(created_at) would sort by uri alone.
+# Issue 17's order: created_at as stored (text), newest first, then uri. The same sorting work as ours, not
+# quite the same order: rows stored with a UTC offset other than +0000 sort by their local time. julianday()
+# reads no Go time string (bskyarchive's storage), so ORDER BY julianday(created_at) would sort by uri alone.
 ORDER = " FROM posts ORDER BY created_at DESC, uri"
 # posts.csv's columns; embed_data stands in for MediaFiles, which SQL cannot compute
 # (it writes more bytes than we do, not fewer).
