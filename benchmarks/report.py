@@ -119,6 +119,8 @@ def markdown(results: dict) -> str:
             else f"the {label} archive"
         )
         out += [
+            "### Parallel streams (`--jobs`)",
+            "",
             f"Every record type of {what}, `--ops`, csv and json:",
             "",
             "| --jobs | best / median | memray peak | peak RSS |",
@@ -132,7 +134,7 @@ def markdown(results: dict) -> str:
         out.append("")
     if results.get("scale"):
         out += scale_table(results["scale"])
-    out += ["Targets:", ""]
+    out += ["### Targets", ""] if results.get("scale") or results.get("jobs") else ["Targets:", ""]
     for c in results["checks"]:
         if c.get("info"):
             mark = {True: "met (information)", False: "not met (information)", None: "information"}[c["ok"]]
@@ -160,7 +162,9 @@ def speed_table(archives: dict) -> list[str]:
     if not rows:
         return []
     return [
-        "Against the `sqlite3` CLI, same posts, `ORDER BY created_at DESC, uri` (target 1.0x, stretch 1.5x):",
+        "### Against the `sqlite3` CLI",
+        "",
+        "Same posts, `ORDER BY created_at DESC, uri` (target 1.0x, stretch 1.5x):",
         "",
         "| archive | format | pipeline best / median | peer best / median | speed vs peer, best / median |",
         "| --- | --- | --- | --- | ---: |",
@@ -181,7 +185,9 @@ def _cores(v: dict) -> str:
 def scale_table(sc: dict) -> list[str]:
     """Memory at scale: per archive and format, quiet and loaded time and peak RSS."""
     lines = [
-        f"Memory at scale, posts only; loaded = beside a CPU-bound competitor: {sc['load']} "
+        "### Memory at scale",
+        "",
+        f"Posts only; loaded = beside a CPU-bound competitor: {sc['load']} "
         "(competitor cores = the CPU it used meanwhile, median). Peak RSS = the export process's own, "
         "the largest of its runs:",
         "",
