@@ -60,6 +60,7 @@ from benchmarks.archives import (
     HUGE_POSTS,
     REALISTIC_POSTS,
     archive,
+    check_export_disk,
     count_posts,
     huge_archive,
     realistic_archive,
@@ -567,6 +568,8 @@ def plan_scale(args: argparse.Namespace) -> list[tuple[str, Path]]:
     and build come first, so a full disk stops the run before anything else is made)."""
     if args.quick or args.no_scale:
         return []
+    if args.archive_10m:
+        check_export_disk(args.archive_10m)
     ten_m = args.archive_10m or (scale_archive() if args.scale == "10m" else None)
     return [("1M", args.archive_1m or archive(1_000_000))] + ([("10M", ten_m)] if ten_m else [])
 
