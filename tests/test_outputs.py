@@ -12,6 +12,8 @@ import gzip
 import hashlib
 import io
 import json
+import os
+import signal
 import zlib
 from pathlib import Path
 
@@ -437,3 +439,86 @@ def test_open_sink_names(tmp_path):
     assert open_sink(tmp_path, pipeline.POSTS, "ndjson", files=files, part=2).name == "posts-00002.ndjson.zst"
     assert isinstance(open_sink(tmp_path, pipeline.POSTS, "json"), JsonArraySink)
     assert isinstance(open_sink(tmp_path, pipeline.POSTS, "ndjson"), NdjsonSink)
+
+
+# --resume ---------------------------------------------------------------------------------------
+
+
+def _cli(archive: Path, out: Path, *extra: str, kill_at: str | None = None):
+    env = {**os.environ, "PIPELINE_CHECKPOINT_SECONDS": "0"}
+    env.pop("PIPELINE_KILL_AT", None)
+    if kill_at:
+        env["PIPELINE_KILL_AT"] = kill_at
+    return run_cli("run", "export", archive, "--out", out, "-f", "csv", "-f", "ndjson", "-q", *extra, env=env)
+
+
+@pytest.mark.parametrize(
+    ("layout", "resumed"),
+    [
+        (("--compress", "zstd"), "posts: resuming after 150,000 records read and sorted"),  # files written again
+        (("--split-rows", "40000"), "records written"),  # parts before the checkpoint kept, the current one cut back
+        (("--split-bytes", "9M", "--compress", "gzip", "--compress-level", "1"), "read and sorted"),
+    ],
+    ids=["zstd", "split-rows", "split-bytes-gzip"],
+)
+def test_killed_while_writing_then_resumed_gives_the_same_bytes(archive_150k, tmp_path, layout, resumed):
+    ref, out = tmp_path / "ref", tmp_path / "out"
+    assert _cli(archive_150k, ref, "--types", "posts", *layout).returncode == 0
+    killed = _cli(archive_150k, out, "--types", "posts", "--jobs", "1", *layout, kill_at="posts.bucket=4")
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    again = _cli(archive_150k, out, "--types", "posts", "--resume", *layout)
+    assert again.returncode == 0, again.stderr
+    assert resumed in again.stderr
+    assert data_files(out) == data_files(ref)
+    assert len(data_files(out)) > (2 if "--compress" in layout and "--split-bytes" not in layout else 4)
+
+
+@pytest.mark.parametrize("layout", [("--compress", "gzip"), ("--split-rows", "700")], ids=["gzip", "split"])
+def test_ops_killed_then_resumed_gives_the_same_bytes(archive_20k, tmp_path, layout):
+    ref, out = tmp_path / "ref", tmp_path / "out"
+    extra = ("--types", "follows", "--ops", "--batch-bytes", "1M", *layout)
+    assert _cli(archive_20k, ref, *extra).returncode == 0
+    assert _cli(archive_20k, out, *extra, kill_at="ops.page=2").returncode == -signal.SIGKILL
+    again = _cli(archive_20k, out, *extra, "--resume")
+    assert again.returncode == 0, again.stderr
+    assert ("ops: resuming after" in again.stderr) == ("--compress" not in layout)  # compressed: the ops start over
+    assert data_files(out) == data_files(ref)
+    assert len(list((out / "ops").iterdir())) > 4
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    objs=st.lists(st.dictionaries(texts, texts, max_size=3), min_size=1, max_size=40),
+    split_rows=st.one_of(st.none(), st.integers(1, 5)),
+    split_bytes=st.one_of(st.none(), st.integers(8, 90)),
+    stop=st.integers(0, 40),
+    fmt=st.sampled_from(["json", "ndjson"]),
+)
+def test_output_resumed_at_its_position_ends_as_written_through(
+    tmp_path_factory, objs, split_rows, split_bytes, stop, fmt
+):
+    """A position taken mid-way, more written (more parts begun), then resumed from the position
+    and written to the end: the same files as one uninterrupted run, and nothing more."""
+    batch = pa.RecordBatch.from_pydict({"json": pa.array([json.dumps(o) for o in objs], pa.large_string())})
+    stop = min(stop, len(objs))
+    files = FileOptions(split_rows=split_rows, split_bytes=split_bytes)
+
+    def opened(folder: Path, resume: dict | None = None) -> Output:
+        return Output(folder, files, lambda n, at: open_sink(folder, pipeline.POSTS, fmt, None, at, files, n), resume)
+
+    whole = tmp_path_factory.mktemp("w")
+    out = opened(whole)
+    out.write(batch)
+    want = [(f.path, f.records, f.sha256) for f in out.close()]
+
+    folder = tmp_path_factory.mktemp("r")
+    out = opened(folder)
+    out.write(batch.slice(0, stop))
+    at = json.loads(json.dumps(out.position()))  # as a checkpoint stores it
+    out.write(batch.slice(stop))  # the killed run went on past the checkpoint
+    out._sink._file.flush()
+    again = opened(folder, at)
+    again.write(batch.slice(stop))
+    got = again.close()
+    assert [(f.path, f.records, f.sha256) for f in got] == want
+    assert sorted(p.name for p in folder.iterdir()) == sorted(f.path for f in got)
