@@ -523,3 +523,26 @@ def test_output_resumed_at_its_position_ends_as_written_through(
     got = again.close()
     assert [(f.path, f.records, f.sha256) for f in got] == want
     assert sorted(p.name for p in folder.iterdir()) == sorted(f.path for f in got)
+
+
+def test_split_parts_read_back_with_duckdb_and_pyarrow(fixture_archive, plain, tmp_path):
+    """The parts of a split, compressed export read with one glob give the plain output's values."""
+    out = tmp_path / "out"
+    pipeline.export(fixture_archive, out, formats=["csv", "ndjson"], types=["posts"], split_rows=40, compress="zstd")
+    want = json.loads((plain / "posts.json").read_text(encoding="utf-8"))
+    con = duckdb.connect()
+    rows = con.execute("SELECT json FROM read_json_objects(?)", [str(out / "posts-*.ndjson.zst")]).fetchall()
+    assert [json.loads(r[0]) for r in rows] == want  # the glob's files in name order: the parts in order
+    header, *plain_rows = read_csv(plain / "posts.csv")
+    got = con.execute(
+        "SELECT * FROM read_csv(?, all_varchar = true, header = true, delim = ',', quote = '\"', escape = '\"')",
+        [str(out / "posts-*.csv.zst")],
+    )
+    assert [d[0] for d in got.description] == header
+    assert [["" if v is None else v for v in r] for r in got.fetchall()] == plain_rows
+    options = pa_csv.ConvertOptions(column_types={h: pa.string() for h in header}, strings_can_be_null=False)
+    parsed = [
+        pa_csv.read_csv(str(p), pa_csv.ReadOptions(), pa_csv.ParseOptions(newlines_in_values=True), options)
+        for p in parts_of(out, "posts", "csv.zst")
+    ]
+    assert [list(r.values()) for t in parsed for r in t.to_pylist()] == plain_rows
