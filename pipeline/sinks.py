@@ -382,7 +382,7 @@ class JsonArraySink(Sink):
 
 
 SINKS = {"csv": CsvSink, "json": JsonArraySink, "ndjson": NdjsonSink}
-COMPRESSIBLE = frozenset(SINKS)  # text formats; a columnar format compresses inside its own file
+COMPRESSIBLE = frozenset({"csv", "json", "ndjson"})  # a columnar format (Parquet) compresses inside its own file
 
 
 def concat_files(folder: Path, name: str, parts: list[tuple[Path, int]], remove: bool = True) -> FileResult:
