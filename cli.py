@@ -217,7 +217,7 @@ def export_command(
         int | None,
         typer.Option(
             "--compress-level",
-            help="Compression level: gzip 1-9, zstd 1-19. [default: gzip 6, zstd 3]",
+            help="Compression level: gzip 1-9 (default 6), zstd 1-19 (default 3).",
             show_default=False,
         ),
     ] = None,  # noqa: UP045
