@@ -73,6 +73,11 @@ class Format(StrEnum):
     parquet = "parquet"
 
 
+class Codec(StrEnum):
+    gzip = "gzip"
+    zstd = "zstd"
+
+
 class LogFormat(StrEnum):
     text = "text"
     json = "json"
@@ -207,6 +212,48 @@ def export_command(
             show_default=False,
         ),
     ] = None,  # noqa: UP045
+    compress: Annotated[
+        Codec | None,
+        typer.Option(
+            "--compress",
+            help="Compress the CSV, JSON and NDJSON files while writing them: posts.csv.gz, posts.ndjson.zst.",
+            show_default=False,
+        ),
+    ] = None,  # noqa: UP045
+    compress_level: Annotated[
+        int | None,
+        typer.Option(
+            "--compress-level",
+            help="Compression level: gzip 1-9 (default 6), zstd 1-19 (default 3).",
+            show_default=False,
+        ),
+    ] = None,  # noqa: UP045
+    split_rows: Annotated[
+        int | None,
+        typer.Option(
+            "--split-rows",
+            help="Cut each file into numbered parts of at most N records (posts-00001.csv, ...); "
+            "1000000 keeps a CSV part within a spreadsheet's 1,048,576 rows.",
+            show_default=False,
+        ),
+    ] = None,  # noqa: UP045
+    split_bytes: Annotated[
+        str | None,
+        typer.Option(
+            "--split-bytes",
+            help="Cut each file into numbered parts of at most SIZE bytes before compression (K, M, G; at least 1K); "
+            "a record larger than that gets a part of its own.",
+            show_default=False,
+        ),
+    ] = None,  # noqa: UP045
+    csv_safe: Annotated[
+        bool,
+        typer.Option(
+            "--csv-safe",
+            help="Put ' before CSV text cells that start with = + - @, tab or CR, so spreadsheets show them as text "
+            "instead of running them as formulas (the cells changed are counted). Default: values exactly as stored.",
+        ),
+    ] = False,
     metrics_file: Annotated[
         Path | None,
         typer.Option(
@@ -249,6 +296,7 @@ def export_command(
         pipeline run export archive.db -o exports/mine -f csv -f ndjson --types posts,likes --since 2024-01-01
 
         pipeline run export archive.db -o exports/typed -f parquet --ops
+        pipeline run export archive.db -o exports/sheets -f csv --split-rows 1000000 --csv-safe --compress gzip
     """
     from dataclasses import replace
 
@@ -277,6 +325,7 @@ def export_command(
         progress = JsonProgress(log, interval) if not quiet else None
     try:
         batch_bytes_ = _size(batch_bytes, "--batch-bytes")  # before --memray creates its file
+        split_bytes_ = None if split_bytes is None else _size(split_bytes, "--split-bytes")
         with _profiled(memray_file):
             result = export(
                 archive,
@@ -296,6 +345,11 @@ def export_command(
                 retries=retries,
                 skip_unchanged=skip_unchanged,
                 resume=resume,
+                compress=None if compress is None else compress.value,
+                compress_level=compress_level,
+                split_rows=split_rows,
+                split_bytes=split_bytes_,
+                csv_safe=csv_safe,
                 progress=progress,
                 tuning=tuning,
             )
@@ -404,6 +458,7 @@ class _Reporter:
                 records=result.records,
                 rejects=result.rejects,
                 files=[{"path": f.path, "records": f.records, "bytes": f.size_bytes} for f in result.files],
+                csv_safe_cells=_csv_safe_cells(result),
                 bytes=sum(f.size_bytes for f in result.files),
                 media=result.media,
                 posts_by_others=result.posts_by_others,
@@ -428,6 +483,9 @@ class _Reporter:
         per_type = ", ".join(f"{n:,} {name}" for name, n in result.records.items())
         files = ", ".join(f.path for f in result.files) if len(result.files) <= 6 else f"{len(result.files)} files"
         rejects = f", {result.rejects:,} rejected value(s) in rejects.ndjson" if result.rejects else ""
+        cells = _csv_safe_cells(result)
+        if cells is not None:
+            rejects += f", {cells:,} CSV cell(s) prefixed with ' (--csv-safe)"
         if include_media:
             rejects += f", {result.media:,} media file(s) copied"
             if result.media_missing or result.media_refused:
@@ -443,6 +501,12 @@ class _Reporter:
             f"Exported {total:,} records ({per_type}) to {result.out} ({files}) in {elapsed:.2f}s{rejects}{others}",
             err=True,
         )
+
+
+def _csv_safe_cells(result) -> int | None:
+    """The CSV cells ``--csv-safe`` prefixed (None without it)."""
+    counts = [f.csv_safe_cells for f in result.files if f.csv_safe_cells is not None]
+    return sum(counts) if counts else None
 
 
 def _log_to_stderr(log=None) -> None:

@@ -15,7 +15,7 @@ import contextlib
 import functools
 import queue
 import threading
-from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, as_completed, wait
 from dataclasses import dataclass
 from typing import Generic, TypeVar
@@ -24,8 +24,8 @@ import pyarrow as pa
 
 from . import transforms
 from .errors import Cancelled, ExportError, PipelineError
+from .parts import Output
 from .records import RecordType
-from .sinks import Sink
 from .sort import NINST, NSUB, RID
 from .source import Position, key_range, range_metadata
 from .tuning import InFlight
@@ -249,7 +249,7 @@ def page_range(page: pa.Table, key: str) -> str:
 
 
 def write_chunk(
-    sinks: dict[str, Sink], formats: Sequence[str], chunk: pa.RecordBatch, rtype: RecordType, key: str
+    sinks: Mapping[str, Output], formats: Sequence[str], chunk: pa.RecordBatch, rtype: RecordType, key: str
 ) -> None:
     """A converted chunk into each format's sink (CSV: the ``csv:`` columns; Parquet: the
     ``pq:`` columns; JSON: ``json``)."""

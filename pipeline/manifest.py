@@ -61,9 +61,19 @@ def build(
     formats: tuple[str, ...],
     contents: Contents,
     fingerprint: dict[str, object],
+    layout: dict[str, object] | None = None,
 ) -> dict[str, object]:
-    """The manifest of an export of ``archive`` (``read``: the file actually read, a copy if ``copied``)."""
+    """The manifest of an export of ``archive`` (``read``: the file actually read, a copy if ``copied``).
+
+    ``layout``: compression, split and ``--csv-safe`` as asked (``ExportOptions.layout``);
+    their keys, and a file's ``uncompressed_bytes`` and ``csv_safe_cells``, appear only
+    when used, so a plain export's manifest keeps its shape.
+    """
     media = contents.media
+    layout = layout or {}
+    extra: dict[str, object] = {k: v for k, v in layout.items() if k != "csv_safe"}
+    if layout.get("csv_safe"):
+        extra["csv_safe_cells"] = sum(f.csv_safe_cells or 0 for f in contents.files)
     return {
         "tool": TOOL,
         "version": __version__,
@@ -77,7 +87,8 @@ def build(
         "formats": list(formats),
         "types": contents.types,
         "records": contents.records,
-        "files": [asdict(f) for f in contents.files],
+        "files": [file_entry(f) for f in contents.files],
+        **extra,
         "media_count": len(media.files),
         "media_missing": media.missing,
         "media_refused": media.refused,
@@ -86,6 +97,15 @@ def build(
         "reject_count": contents.rejects,
         "fingerprint": fingerprint,
     }
+
+
+def file_entry(f: FileResult) -> dict[str, object]:
+    """A file as the manifest lists it: path, records, size_bytes, sha256, and the optional
+    counts only when they apply."""
+    return {k: v for k, v in asdict(f).items() if v is not None or k not in OPTIONAL}
+
+
+OPTIONAL = ("uncompressed_bytes", "csv_safe_cells")
 
 
 def read_unchanged(out: Path, sha256: object) -> ExportResult | None:

@@ -22,10 +22,11 @@ import pyarrow as pa
 from . import transforms
 from .convert import convert_in_order, prefetch, sort_key, write_chunk
 from .frames import frame
+from .parts import Output, open_output
 from .progress import Phase, Progress
 from .records import COLLECTION_TYPES, OP_ACTIONS, OPS
 from .rejects import RejectLog
-from .sinks import SINKS, Sink, open_sink
+from .sinks import resumable
 from .source import Position, Reads, RecordSource
 from .streams import Budget, StreamContext, StreamResult, Writes, log, remove_leftovers
 
@@ -35,13 +36,13 @@ OPS_DIR = "ops"
 @dataclass(frozen=True)
 class OpsState:
     """The ops stream's checkpoint: pages written up to ``position``, the files then
-    (``"<stem>/<format>"`` → [size, records]) and the rejects' part file ([size, count])."""
+    (``"<stem>/<format>"`` → ``Output.position``) and the rejects' part file ([size, count])."""
 
     position: Position
     unplaced_keys: list[str | None]
     unplaced_values: list[str | None]
     pages: int
-    sinks: dict[str, list[int]]
+    sinks: dict[str, dict[str, Any]]
     rejects: list[int] | None
 
     def to_json(self) -> dict[str, object]:
@@ -58,7 +59,7 @@ class OpsState:
         if d["phase"] != "writing":
             raise ValueError(f"not the ops stream's phase: {d['phase']!r}")
         after, seen, unplaced = d["position"]
-        sinks = {str(k): [int(v[0]), int(v[1])] for k, v in d["sinks"].items()}
+        sinks = {str(k): dict(v) for k, v in d["sinks"].items()}
         rejects = None if d["rejects"] is None else [int(d["rejects"][0]), int(d["rejects"][1])]
         return cls(
             Position(int(after), int(seen), int(unplaced)), list(d["unplaced_keys"]), list(d["unplaced_values"]),
@@ -74,10 +75,10 @@ class OpsStream(Writes):
         self.formats = frozenset(ctx.formats)
         self.folder = ctx.folder / OPS_DIR
         self.key = sort_key(OPS, self.formats)
-        self.sinks: dict[tuple[str, str], Sink] = {}  # (file stem, format)
+        self.sinks: dict[tuple[str, str], Output] = {}  # (file stem, format)
         self.rejects = RejectLog(ctx.folder, OPS)
         self.pages_read = 0
-        self.resumable = all(SINKS[f].resumable for f in ctx.formats)  # files continued from a checkpoint
+        self.resumable = all(resumable(f, ctx.files) for f in ctx.formats)  # files continued from a checkpoint
 
     @classmethod
     def run_resumed(cls, ctx: StreamContext, progress: Progress, budget: Budget) -> StreamResult:
@@ -121,12 +122,13 @@ class OpsStream(Writes):
     def _resume(self, state: OpsState, source: RecordSource) -> bool:
         """Continue a killed run's files from its checkpoint; False if they are not as it says."""
         try:
-            files = {tuple(k.split("/")): v for k, v in state.sinks.items()}
+            for key, at in state.sinks.items():
+                stem, fmt = key.split("/")
+                self.sinks[stem, fmt] = self._open(stem, fmt, at)
+            kept = {s.path.name for s in self.sinks.values()} | {f.path for s in self.sinks.values() for f in s.done}
             for entry in self.folder.iterdir():  # opened after the checkpoint: written again
-                if tuple(entry.name.rsplit(".", 1)) not in files:
+                if entry.name not in kept:
                     entry.unlink()
-            for (stem, fmt), (size, records) in files.items():
-                self.sinks[stem, fmt] = open_sink(self.folder, OPS, fmt, stem, resume=(size, records))
             self.rejects.resume(None if state.rejects is None else (state.rejects[0], state.rejects[1]))
             source.resume(state.position, state.unplaced_keys, state.unplaced_values)
         except (OSError, KeyError, TypeError, ValueError):
@@ -151,7 +153,7 @@ class OpsStream(Writes):
                 part = rows_out.filter((stems == stem).to_arrow()) if stems.n_unique() > 1 else rows_out
                 for fmt in formats:
                     if (stem, fmt) not in self.sinks:
-                        self.sinks[stem, fmt] = open_sink(self.folder, OPS, fmt, stem)
+                        self.sinks[stem, fmt] = self._open(stem, fmt)
                 for chunk in part.to_batches(max_chunksize=budget.tuning.write_rows):
                     write_chunk({fmt: self.sinks[stem, fmt] for fmt in formats}, formats, chunk, OPS, self.key)
             budget.rejected(bad_out.num_rows, OPS.name)
@@ -163,12 +165,15 @@ class OpsStream(Writes):
                 self._checkpoint(source, Position.of(page))
                 clock.reset()
 
+    def _open(self, stem: str, fmt: str, resume: dict[str, Any] | None = None) -> Output:
+        return open_output(self.folder, OPS, fmt, self.ctx.files, stem, resume)
+
     def _checkpoint(self, source: RecordSource, at: Position) -> None:
         assert self.ctx.checkpoints is not None
         rejects = self.rejects.position()
         state = OpsState(
             at, list(source.unplaced.keys[: at.unplaced]), list(source.unplaced.values[: at.unplaced]),
-            self.pages_read, {f"{stem}/{fmt}": list(sink.position()) for (stem, fmt), sink in self.sinks.items()},
+            self.pages_read, {f"{stem}/{fmt}": sink.position() for (stem, fmt), sink in self.sinks.items()},
             None if rejects is None else list(rejects),
         )  # fmt: skip
         files = [*(s.path for s in self.sinks.values()), *self.rejects.files(), self.folder, self.ctx.folder]
@@ -181,8 +186,8 @@ class OpsStream(Writes):
             self.folder.rmdir()  # no op passed the filters: no files, no folder
         results = []
         for stem, fmt in sorted(self.sinks):  # the manifest lists them by name
-            result = self.sinks[stem, fmt].close()
-            results.append(replace(result, path=f"{OPS_DIR}/{result.path}"))
+            for result in self.sinks[stem, fmt].close():
+                results.append(replace(result, path=f"{OPS_DIR}/{result.path}"))
         return StreamResult(results, source.total, self.rejects.close(), self.pages_read, source.retried)
 
 

@@ -17,13 +17,14 @@ from pathlib import Path
 
 from .errors import UsageError
 from .records import RECORD_TYPES
-from .sinks import SINKS
+from .sinks import CODECS, SINKS, Compression, FileOptions
 from .source import BATCH_BYTES, RETRIES, Filters, iso_bound
 from .version import __version__
 
 FORMATS = tuple(SINKS)
 DEFAULT_FORMATS = ("csv", "json")
 MAX_BATCH_SIZE = 2**20  # rows; pages are cut by --batch-bytes anyway, and SQLite's driver takes an int32
+MIN_SPLIT_BYTES = 2**10  # a CSV part's header alone takes ~150 bytes
 
 
 @dataclass(frozen=True)
@@ -48,7 +49,13 @@ class ExportOptions:
     retries: int = RETRIES
     skip_unchanged: bool = False
     resume: bool = False
+    compress: str | None = None  # "gzip" or "zstd"
+    compress_level: int | None = None  # None: the codec's default (gzip 6, zstd 3)
+    split_rows: int | None = None
+    split_bytes: int | None = None
+    csv_safe: bool = False
     filters: Filters = field(init=False, repr=False)
+    files: FileOptions = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         unknown = [f for f in self.formats if f not in SINKS]
@@ -67,6 +74,43 @@ class ExportOptions:
         if self.did is not None and not _utf8(self.did):
             raise UsageError(f"--did {self.did!r} is not UTF-8 text: no DID is")
         object.__setattr__(self, "filters", Filters.parse(did=self.did, since=self.since, until=self.until))
+        object.__setattr__(self, "files", self._files())
+
+    def _files(self) -> FileOptions:
+        """The file layout options, checked: a known codec and a level in its range, limits above 0."""
+        compression = None
+        if self.compress is not None:
+            if self.compress not in CODECS:
+                raise UsageError(f"unknown --compress {self.compress!r}; choose from {', '.join(CODECS)}")
+            _, low, high, default = CODECS[self.compress]
+            level = default if self.compress_level is None else self.compress_level
+            if not low <= level <= high:
+                raise UsageError(f"--compress-level for {self.compress} must be between {low} and {high}, not {level}")
+            compression = Compression(self.compress, level)
+        elif self.compress_level is not None:
+            raise UsageError("--compress-level needs --compress gzip or --compress zstd")
+        if self.split_rows is not None and self.split_rows < 1:
+            raise UsageError(f"--split-rows must be at least 1, not {self.split_rows}")
+        if self.split_bytes is not None and self.split_bytes < MIN_SPLIT_BYTES:
+            raise UsageError(f"--split-bytes must be at least 1K, not {self.split_bytes}")
+        if self.split_bytes is not None and "parquet" in self.formats:
+            # a Parquet file's size is known only once its row groups are compressed
+            raise UsageError("--split-bytes splits CSV, JSON and NDJSON files; split Parquet files with --split-rows")
+        if self.csv_safe and "csv" not in self.formats:
+            raise UsageError("--csv-safe changes CSV files only; add --format csv")
+        return FileOptions(compression, self.split_rows, self.split_bytes, self.csv_safe)
+
+    def layout(self) -> dict[str, object]:
+        """The options that change the files' names and bytes beyond their format (for the
+        fingerprint and the manifest); empty with the defaults, so earlier exports' fingerprints stand."""
+        files, layout = self.files, dict[str, object]()
+        if files.compression is not None:
+            layout["compression"] = {"codec": files.compression.codec, "level": files.compression.level}
+        if files.split:
+            layout["split"] = {"rows": files.split_rows, "bytes": files.split_bytes}
+        if files.csv_safe:
+            layout["csv_safe"] = True
+        return layout
 
     def fingerprint(self, types: Sequence[str], filters: Filters) -> dict[str, object]:
         """What the files depend on: the archive's identity and the options that shape them.
@@ -89,6 +133,7 @@ class ExportOptions:
             "include_media": self.include_media,
             "media_root": None if self.media_root is None else path_text(self.media_root.resolve()),
             "filters": {"did": filters.did, "since": iso_bound(filters.since), "until": iso_bound(filters.until)},
+            **self.layout(),
         }
         digest = hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()
         return {"sha256": digest, **inputs}

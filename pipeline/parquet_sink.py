@@ -9,7 +9,7 @@ so the file's bytes) do not depend on how the rows arrive (``--batch-size``,
 ``--batch-bytes``, ``--jobs``). Columns are compressed with zstd.
 
 A file cut back to a checkpoint would have no footer, so a Parquet sink cannot
-continue a killed run's file (``resumable`` is False): the stream writes its
+continue a killed run's file (``appendable`` is False): the stream writes its
 files again (see ``record_stream`` and ``ops_stream``).
 """
 
@@ -77,7 +77,7 @@ class _Output:
 class ParquetSink(Sink):
     """A Parquet file of ``rtype``'s typed columns (a converted chunk's ``pq:`` columns)."""
 
-    resumable = False
+    appendable = False
 
     def __init__(self, folder: Path, name: str, rtype: RecordType, resume: tuple[int, int] | None = None):
         if resume is not None:

@@ -31,10 +31,11 @@ import pyarrow as pa
 from . import transforms
 from .convert import KEY, convert_all, page_range, prefetch, sort_key, write_chunk
 from .errors import ExportError
+from .parts import Output, open_output
 from .progress import Phase, Progress
 from .records import RecordType
 from .rejects import REJECTS, RejectLog
-from .sinks import SINKS, Sink, open_sink
+from .sinks import resumable
 from .sort import NINST, NSUB, RID, BucketSorter
 from .source import Position, Reads, RecordSource
 from .streams import Budget, StreamContext, StreamResult, Writes, log, remove_leftovers
@@ -48,7 +49,7 @@ class StartOver(Exception):  # noqa: N818 - control flow
 class RecordsState:
     """A record stream's checkpoint: ``converting`` (pages read up to ``position``, their rows
     in the sort's files) or ``writing`` (buckets before ``next_bucket`` in the files ``sinks``:
-    format → [size, records])."""
+    format → ``Output.position``)."""
 
     phase: str
     plan: list[int]
@@ -60,7 +61,7 @@ class RecordsState:
     rows: dict[str, Any]
     bad: dict[str, Any]
     next_bucket: int = 0
-    sinks: dict[str, list[int]] | None = None
+    sinks: dict[str, dict[str, Any]] | None = None
 
     def to_json(self) -> dict[str, object]:
         p = self.position
@@ -79,7 +80,7 @@ class RecordsState:
         if d["phase"] not in ("converting", "writing"):
             raise ValueError(f"not a records stream's phase: {d['phase']!r}")
         after, seen, unplaced = d["position"]
-        sinks = {str(k): [int(v[0]), int(v[1])] for k, v in d["sinks"].items()} if "sinks" in d else None
+        sinks = {str(k): dict(v) for k, v in d["sinks"].items()} if "sinks" in d else None
         return cls(
             d["phase"], [int(b) for b in d["plan"]], Position(int(after), int(seen), int(unplaced)),
             list(d["unplaced_keys"]), list(d["unplaced_values"]), int(d["pages"]), int(d["rejected"]),
@@ -96,8 +97,8 @@ class RecordStream(Writes):
         self.formats = frozenset(ctx.formats)
         self.spill = ctx.folder / f".spill-{self.name}"  # this stream's sort files
         self.key = sort_key(rtype, self.formats)
-        self.sinks: dict[str, Sink] = {}
-        self.resumable = all(SINKS[f].resumable for f in ctx.formats)  # files continued from a checkpoint
+        self.sinks: dict[str, Output] = {}
+        self.resumable = all(resumable(f, ctx.files) for f in ctx.formats)  # files continued from a checkpoint
         self.rejects = RejectLog(ctx.folder, rtype)
         self.pages_read = self.rejected = 0
         self._pages: Generator[pa.Table, None, None] | None = None
@@ -133,14 +134,16 @@ class RecordStream(Writes):
                 self._write(source, rows, bad, position, first_bucket, state)
             self.budget.rejected(len(source.unplaced.keys), self.name)
             self.rejects.unplaced(source)
-            results = [self.sinks[fmt].close() for fmt in self.ctx.formats]
-            for result in results:  # every row read is written exactly once, or the export fails
-                if result.records != source.total:
+            results = []
+            for fmt in self.ctx.formats:  # every row read is written exactly once, or the export fails
+                files = self.sinks[fmt].close()
+                if sum(f.records for f in files) != source.total:
                     raise ExportError(
-                        f"{result.path} has {result.records:,} records but {source.total:,} were read: "
-                        "the export is not published (a bug; please report it)",
+                        f"{files[0].path} has {sum(f.records for f in files):,} records but {source.total:,} were "
+                        "read: the export is not published (a bug; please report it)",
                         record_type=self.name,
                     )
+                results += files
             stream = StreamResult(results, source.total, self.rejects.close(), self.pages_read, source.retried)
             self.spill.rmdir()
             return stream
@@ -190,7 +193,7 @@ class RecordStream(Writes):
         if state.phase == "converting":
             log.info("%s: resuming after %s records read and sorted", self.name, seen)
         else:
-            written = next(iter((state.sinks or {"": [0, 0]}).values()))[1]
+            written = next(iter((state.sinks or {"": {"records": 0}}).values()))["records"]
             log.info("%s: resuming after %s of %s records written", self.name, f"{written:,}", seen)
 
     def _convert(self, source: RecordSource, rows: BucketSorter, bad: BucketSorter, state: RecordsState | None) -> None:
@@ -244,6 +247,7 @@ class RecordStream(Writes):
         self._open_sinks(state.sinks if state is not None and state.phase == "writing" else None)
         self.progress.advance(self.sinks[self.ctx.formats[0]].records)
         clock = self.ctx.clock()
+        # a Parquet or compressed file cannot be cut back to a checkpoint: a resume writes it again from the sorted rows
         keep = clock is not None and rows.snapshot() is not None
         ordered = prefetch(rows.buckets(first_bucket, keep), 1)  # the next bucket is read while one is written
         try:
@@ -253,7 +257,7 @@ class RecordStream(Writes):
                 if bucket != current and current is not None and keep and clock is not None and due:
                     # the buckets before this one are written: their files go once this is on disk
                     release = functools.partial(rows.release, bucket)
-                    at = {f: list(self.sinks[f].position()) for f in self.ctx.formats}
+                    at = {f: self.sinks[f].position() for f in self.ctx.formats}
                     self._checkpoint(source, rows, bad, "writing", position, bucket, release, at)
                     clock.reset()
                 current = bucket
@@ -280,11 +284,11 @@ class RecordStream(Writes):
             write_chunk(self.sinks, self.ctx.formats, chunk, self.rtype, self.key)
             self.progress.advance(chunk.num_rows)
 
-    def _open_sinks(self, resume: dict[str, list[int]] | None) -> None:
+    def _open_sinks(self, resume: dict[str, dict[str, Any]] | None) -> None:
         try:
             for fmt in self.ctx.formats:
-                at = (resume[fmt][0], resume[fmt][1]) if resume is not None else None
-                self.sinks[fmt] = open_sink(self.ctx.folder, self.rtype, fmt, resume=at)
+                at = resume[fmt] if resume is not None else None
+                self.sinks[fmt] = open_output(self.ctx.folder, self.rtype, fmt, self.ctx.files, resume=at)
         except (OSError, KeyError, TypeError, ValueError):
             if resume is None:
                 raise
@@ -299,7 +303,7 @@ class RecordStream(Writes):
         position: Position,
         next_bucket: int = 0,
         then: Callable[[], None] | None = None,
-        sinks: dict[str, list[int]] | None = None,
+        sinks: dict[str, dict[str, Any]] | None = None,
     ) -> None:
         """Hand a checkpoint to the background writer (it flushes the files it names first)."""
         checkpoints = self.ctx.checkpoints

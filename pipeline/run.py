@@ -82,6 +82,11 @@ def export(
     retries: int = RETRIES,
     skip_unchanged: bool = False,
     resume: bool = False,
+    compress: str | None = None,
+    compress_level: int | None = None,
+    split_rows: int | None = None,
+    split_bytes: int | None = None,
+    csv_safe: bool = False,
     progress: Progress | None = None,
     tuning: Tuning | None = None,
 ) -> ExportResult:
@@ -106,6 +111,12 @@ def export(
     ``skip_unchanged``: if ``out`` holds an export whose manifest has the same
     ``fingerprint`` (the archive's identity and every option that shapes the
     files), return it as it is (``ExportResult.skipped``) without exporting.
+    ``compress``: ``"gzip"`` or ``"zstd"``: CSV, JSON and NDJSON files compressed while
+    written (``posts.csv.gz``), at ``compress_level`` (default gzip 6, zstd 3).
+    ``split_rows`` / ``split_bytes``: each file cut into numbered parts (``posts-00001.csv``,
+    …) of at most that many records / uncompressed bytes, each part a whole file.
+    ``csv_safe``: CSV text cells that start with ``=``, ``+``, ``-``, ``@``, tab or CR get a
+    ``'`` in front, so a spreadsheet shows them as text (counted in the manifest).
     ``tuning``: sizes, threads and hooks (``Tuning``); the files do not depend on it.
 
     Raises a PipelineError subclass (UsageError, ArchiveError, OutputError,
@@ -114,7 +125,8 @@ def export(
     options = ExportOptions(
         Path(archive), None if out is None else Path(out), tuple(dict.fromkeys(formats)), parse_types(types),
         ops, include_media, None if media_root is None else Path(media_root), jobs, did, since, until,
-        batch_size, batch_bytes, max_rejects, retries, skip_unchanged, resume,
+        batch_size, batch_bytes, max_rejects, retries, skip_unchanged, resume, compress, compress_level,
+        split_rows, split_bytes, csv_safe,
     )  # fmt: skip
     return run(options, progress or Progress(), tuning or Tuning())
 
@@ -216,7 +228,9 @@ def _complete_in(staging: Staging, plan: Plan) -> ExportResult | None:
 def _streams(db: Archive, staging: Staging, options: ExportOptions, plan: Plan) -> list[tuple[str, Stream]]:
     """The streams of this export, in the order their files are listed: record types, ops, media."""
     folder, checkpoints, filters = staging.path, staging.checkpoints, plan.filters
-    ctx = StreamContext(db, folder, options.formats, filters, options.batch_size, options.batch_bytes, checkpoints)
+    ctx = StreamContext(
+        db, folder, options.formats, filters, options.batch_size, options.batch_bytes, checkpoints, options.files
+    )
     streams: list[tuple[str, Stream]] = []
     for rtype in plan.types:
         fn: Stream = functools.partial(RecordStream.run_resumed, ctx, rtype)
@@ -253,7 +267,10 @@ def _export(
     contents, parts, per_stream = _collect(streams, done, seconds, staging.path)
     if plan.filters.did is None and plan.owner is not None and contents.records.get(POSTS.name) is not None:
         contents = replace(contents, posts_by_others=db.count_others(POSTS, plan.owner, plan.filters))
-    manifest = build(options.archive, db.path, db.copied, plan.filters, options.formats, contents, plan.fingerprint)
+    manifest = build(
+        options.archive, db.path, db.copied, plan.filters, options.formats, contents, plan.fingerprint,
+        options.layout(),
+    )  # fmt: skip
     metrics: dict[str, object] = {
         "run_seconds": round(time.monotonic() - started, 3),
         "peak_rss_bytes": peak_rss(),

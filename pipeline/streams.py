@@ -9,6 +9,7 @@ them; ``checkpointed`` makes a finished stream's result survive a kill.
 
 from __future__ import annotations
 
+import glob
 import logging
 import shutil
 import threading
@@ -21,9 +22,10 @@ from typing import Any
 from .checkpoint import Checkpoints, Clock
 from .errors import Cancelled, ExportError
 from .media import MediaResult
+from .parts import Output
 from .progress import Phase, Progress
 from .rejects import REJECTS, RejectLog
-from .sinks import SINKS, FileResult, Sink
+from .sinks import FileOptions, FileResult
 from .source import Archive, Filters
 from .tuning import InFlight, OpenFiles, Tuning
 
@@ -33,7 +35,7 @@ log = logging.getLogger("pipeline")
 class Writes:
     """A stream's open files, its sinks and its reject log: ``abort`` removes what they wrote."""
 
-    sinks: Mapping[Any, Sink]
+    sinks: Mapping[Any, Output]
     rejects: RejectLog
 
     def abort(self) -> None:
@@ -54,6 +56,7 @@ class StreamContext:
     batch_size: int
     batch_bytes: int
     checkpoints: Checkpoints | None = None
+    files: FileOptions = FileOptions()  # compression, parts, --csv-safe
 
     def clock(self) -> Clock | None:
         """When the next checkpoint is due (None without checkpoints)."""
@@ -146,8 +149,10 @@ def finished(folder: Path, state: dict[str, Any] | None) -> Result | None:
 def remove_leftovers(folder: Path, name: str, spill: Path | None = None) -> None:
     """What a killed run of stream ``name`` left in the staging folder: its files, its
     rejects' part file, its sort files."""
-    for fmt in SINKS:
-        (folder / f"{name}.{fmt}").unlink(missing_ok=True)
+    for pattern in (f"{glob.escape(name)}.*", f"{glob.escape(name)}-[0-9]*.*"):  # posts.csv.gz, posts-00002.csv
+        for path in folder.glob(pattern):
+            if path.is_file():
+                path.unlink()
     (folder / f".{name}.{REJECTS}").unlink(missing_ok=True)
     if spill is not None and spill.exists():
         shutil.rmtree(spill)

@@ -319,9 +319,9 @@ def test_killed_then_resumed_gives_the_same_parquet_bytes(archive_20k, parquet_r
 
 def test_the_sink_cannot_continue_a_file(tmp_path):
     from pipeline.records import POSTS
-    from pipeline.sinks import SINKS, open_sink
+    from pipeline.sinks import FileOptions, open_sink, resumable
 
-    assert not SINKS["parquet"].resumable and SINKS["csv"].resumable
+    assert not resumable("parquet", FileOptions()) and resumable("csv", FileOptions())
     with pytest.raises(ValueError, match="cannot be continued"):
         open_sink(tmp_path, POSTS, "parquet", resume=(100, 10))
     sink = open_sink(tmp_path, POSTS, "parquet")
@@ -339,3 +339,21 @@ def test_an_empty_export_is_a_valid_file(fixture_archive, tmp_path):
     assert duckdb.connect().execute(
         "SELECT count(*) FROM read_parquet(?)", [str(out / "posts.parquet")]
     ).fetchall() == [(0,)]
+
+
+def test_parquet_parts_by_rows_and_split_bytes_refused(fixture_archive, tmp_path):
+    """Parquet files split by --split-rows like the others (each part a whole file, read by
+    pyarrow); --split-bytes with Parquet is a usage error, before anything is written."""
+    import pyarrow.parquet as pq
+
+    out = tmp_path / "parts"
+    result = pipeline.export(fixture_archive, out, formats=["parquet", "json"], types=["posts"], split_rows=7)
+    parts = sorted(out.glob("posts-*.parquet"))
+    assert len(parts) == -(-result.records["posts"] // 7) and len(parts) > 1
+    uris = [u for p in parts for u in pq.read_table(p).column("uri").to_pylist()]
+    json_uris = [o["uri"] for p in sorted(out.glob("posts-*.json")) for o in json.loads(p.read_text())]
+    assert uris == json_uris and len(uris) == result.records["posts"]
+    assert all(pq.read_metadata(p).num_rows <= 7 for p in parts)
+    with pytest.raises(pipeline.UsageError, match="--split-bytes"):
+        pipeline.export(fixture_archive, tmp_path / "no", formats=["parquet"], split_bytes=2**20)
+    assert not (tmp_path / "no").exists()
