@@ -11,7 +11,7 @@ ARCHIVE ?= data/fixtures/bskyarchive/data/archive.db
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,ray]'
 	touch $@
 
 demo: $(VENV)/.installed
@@ -24,7 +24,7 @@ test: $(VENV)/.installed
 	$(BIN)/python -m pytest --memray -m memory
 
 $(VENV)/.bench: $(VENV)/.installed
-	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,ray,bench]'
 	touch $@
 
 bench: $(VENV)/.bench
