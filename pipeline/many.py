@@ -15,22 +15,23 @@ import glob as globbing
 import hashlib
 import json
 import logging
-import multiprocessing
 import os
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
-from concurrent.futures.process import BrokenProcessPool
+from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from .errors import OutputError, PipelineError, UsageError
 from .options import ExportOptions, parse_types, path_text
 from .progress import FleetProgress
 from .publish import inside
 from .tuning import Tuning
+
+if TYPE_CHECKING:
+    from concurrent.futures import ProcessPoolExecutor
 
 RUNS = "runs.json"  # in OUT_ROOT: one JSON object per line, one line per archive, in input order
 EXECUTORS = ("local", "ray")
@@ -427,6 +428,8 @@ class LocalPool:
     worker breaks the whole pool: ``recover`` replaces it, once per breakage."""
 
     def __init__(self, workers: int, setup: Callable[[], None] | None = None):
+        import multiprocessing  # here: `import pipeline` stays as quick as before
+
         self.capacity = workers
         self._setup = setup
         methods = multiprocessing.get_all_start_methods()
@@ -438,6 +441,8 @@ class LocalPool:
         self._pool = self._new()
 
     def _new(self) -> ProcessPoolExecutor:
+        from concurrent.futures import ProcessPoolExecutor
+
         return ProcessPoolExecutor(
             self.capacity, mp_context=self._context, initializer=_warm, initargs=(self._setup,)
         )  # fmt: skip
@@ -448,6 +453,8 @@ class LocalPool:
         return future
 
     def died(self, error: BaseException) -> bool:
+        from concurrent.futures.process import BrokenProcessPool
+
         return isinstance(error, BrokenProcessPool)
 
     def recover(self, future: Future[ArchiveRun]) -> None:
