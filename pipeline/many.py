@@ -134,6 +134,8 @@ def export_many(
         raise UsageError(f"unknown executor {executor!r}; choose from {', '.join(EXECUTORS)}")
     if max_retries < 0:
         raise UsageError(f"--max-retries must be 0 or more, not {max_retries}")
+    if ray_address is not None and executor != "ray":
+        raise UsageError("--ray-address is for --executor ray")
     if workers is not None and workers < 1:
         raise UsageError(f"--workers must be at least 1, not {workers}")
     template = _template(export_options)
@@ -360,7 +362,7 @@ def run_one(job: Job) -> ArchiveRun:
         logger.handlers[:], logger.propagate = saved
     return ArchiveRun(
         archive=_text(options.archive),
-        out=_text(result.out),
+        out=_text(options.out),
         status="unchanged" if result.skipped and options.skip_unchanged else "published",
         exit_code=0,
         records=sum(result.records.values()),

@@ -207,3 +207,22 @@ def test_ray_missing_is_one_clear_error(fixture_archive, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)  # as if Ray were not installed
     with pytest.raises(UsageError, match=r"pip install 'pipeline\[ray\]'"):
         export_many([fixture_archive], tmp_path / "out", executor="ray")
+
+
+def test_json_events(many_fleet, tmp_path):
+    """--log-format json: run_start, one archive_end per archive (its runs.json line), run_end."""
+    _, good, corrupt = many_fleet
+    args = (good[0], good[9], corrupt, "--out-root", tmp_path / "out", "-f", "csv", "--log-format", "json", "-q")
+    r = run_cli("run", "export-many", *args)
+    assert r.returncode == 1, r.stderr
+    events = [json.loads(line) for line in r.stderr.splitlines()]
+    assert [e["event"] for e in events] == ["run_start", "archive_end", "archive_end", "archive_end", "run_end"]
+    ends = {e["archive"]: e for e in events if e["event"] == "archive_end"}
+    assert {k: v for k, v in ends[str(corrupt)].items() if k in ("status", "exit_code")} == {
+        "status": "failed",
+        "exit_code": 3,
+    }
+    runs = {line["archive"]: line for line in _runs(tmp_path / "out")}
+    for archive, line in runs.items():
+        assert {k: ends[archive][k] for k in line} == line
+    assert events[-1]["exit_code"] == 1 and events[-1]["failed"] == 1 and events[-1]["published"] == 2
