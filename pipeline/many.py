@@ -425,7 +425,7 @@ def _first_line(e: BaseException) -> str:
 
 class LocalPool:
     """A ``ProcessPoolExecutor`` of ``workers`` reused processes, started by a fork server
-    that has pyarrow, Polars and the pipeline imported (forking a process with Arrow's
+    that has pyarrow and Polars imported (forking a process with Arrow's
     threads running is unsafe; spawning each worker pays the imports again). A killed
     worker breaks the whole pool: ``recover`` replaces it, once per breakage."""
 
@@ -437,7 +437,9 @@ class LocalPool:
         methods = multiprocessing.get_all_start_methods()
         self._context = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
         if self._context.get_start_method() == "forkserver":
-            self._context.set_forkserver_preload(["pyarrow", "polars", "pipeline.run"])
+            # Not the pipeline itself: Python 3.11's fork server imports its preloads from its own
+            # sys.path, not the driver's, which could be another copy of the package.
+            self._context.set_forkserver_preload(["pyarrow", "polars"])
         self._generation = 0
         self._born: dict[Future[ArchiveRun], int] = {}
         self._pool = self._new()

@@ -627,9 +627,9 @@ class RecordSource:
         cols = ", ".join(self.reads.expression(c) for c in r.column_names)
         size = " + ".join([str(_ROW_OVERHEAD * (len(r.column_names) + 1)), *map(self.reads.size, r.column_names)])
         did = " AND p.did = ?" if f.did is not None else ""
-        if until is not None:
-            did = f" AND p.rowid <= {int(until)}{did}"
-        probe = f"SELECT p.rowid AS _rid, {size} AS _bytes FROM {table} WHERE p.rowid {{op}} ?{did} ORDER BY p.rowid"
+        upto = f" AND p.rowid <= {int(until)}" if until is not None else ""
+        probe = f"SELECT p.rowid AS _rid, {size} AS _bytes FROM {table} WHERE p.rowid {{op}} ?{upto}{did}"
+        probe += " ORDER BY p.rowid"
         probe += f" LIMIT {rows}"
         sql = (
             f"SELECT p.rowid AS _rid, {cols} FROM {table} WHERE p.rowid {{op}} ? AND p.rowid <= ?{did} ORDER BY p.rowid"
