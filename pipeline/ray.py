@@ -7,6 +7,7 @@ this module is ``pipeline.ray``.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterator
 from concurrent.futures import Future
@@ -61,12 +62,13 @@ class RayTasks:
         self._ray = ray
         self._started = not ray.is_initialized()
         if self._started:
-            ray.init(
-                address=address,
+            ray.init(  # "local": a new instance, even where `ray start` left one running
+                address=address or "local",
                 num_cpus=None if address else workers,
                 include_dashboard=False,
                 runtime_env=runtime_env(),
                 log_to_driver=False,
+                logging_level=logging.WARNING,  # not Ray's INFO lines about its own start-up
             )
         self.capacity = 1 << 30  # Ray schedules by the declared resources
         remote = ray.remote(run_one)
