@@ -11,20 +11,25 @@ ARCHIVE ?= data/fixtures/bskyarchive/data/archive.db
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -e .
+	touch $@
+
+# The tests also need the test readers (dev) and Ray (the ray extra: export-many --executor ray).
+$(VENV)/.dev: $(VENV)/.installed
+	$(BIN)/python -m pip install --quiet -e '.[dev,ray]'
 	touch $@
 
 demo: $(VENV)/.installed
 	$(BIN)/pipeline run export $(ARCHIVE) --out exports/demo --format csv --format json --format ndjson --include-media
 
-test: $(VENV)/.installed
+test: $(VENV)/.dev
 	$(BIN)/ruff check pipeline cli.py tests benchmarks data/fixtures
 	$(BIN)/ruff format --check pipeline cli.py tests benchmarks data/fixtures
 	$(BIN)/python -m pytest
 	$(BIN)/python -m pytest --memray -m memory
 
-$(VENV)/.bench: $(VENV)/.installed
-	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
+$(VENV)/.bench: $(VENV)/.dev
+	$(BIN)/python -m pip install --quiet -e '.[dev,ray,bench]'
 	touch $@
 
 bench: $(VENV)/.bench

@@ -379,6 +379,170 @@ def export_command(
         say.done(result, time.monotonic() - started, include_media)
 
 
+class Executor(StrEnum):
+    local = "local"
+    ray = "ray"
+
+
+# The options of `export` that export-many applies to every archive; it takes them from
+# export_command's signature, so a new per-archive option of `export` is one here too.
+_PER_RUN = {"archive", "out", "metrics_file", "memray_file", "log_format", "quiet", "debug"}
+
+
+def _with_export_options(command):
+    """``command`` with the per-archive parameters of ``export_command`` appended (Typer reads
+    the signature and the annotations); they arrive in ``**export_options``."""
+    import inspect
+
+    own = inspect.signature(command, eval_str=True)
+    theirs = inspect.signature(export_command, eval_str=True)
+    shared = [p for name, p in theirs.parameters.items() if name not in _PER_RUN]
+    params = [p for p in own.parameters.values() if p.kind != inspect.Parameter.VAR_KEYWORD]
+    command.__signature__ = own.replace(parameters=params + [p.replace(kind=p.KEYWORD_ONLY) for p in shared])
+    command.__annotations__ = {p.name: p.annotation for p in command.__signature__.parameters.values()}
+    return command
+
+
+def _export_keywords(export_options: dict[str, object]) -> dict[str, object]:
+    """The library keywords of ``export``'s CLI values (as ``export_command`` converts them)."""
+    kw = dict(export_options)
+    formats = kw.pop("formats", None)
+    kw["formats"] = [f.value for f in formats] if formats else ["csv", "json"]  # type: ignore[attr-defined]
+    kw["batch_bytes"] = _size(str(kw["batch_bytes"]), "--batch-bytes")
+    return kw
+
+
+@_with_export_options
+def export_many_command(
+    archives: Annotated[
+        Optional[list[Path]],  # noqa: UP045
+        typer.Argument(
+            help="Archive files, or folders searched (recursively) for *.db; literal paths, never patterns.",
+            show_default=False,
+        ),
+    ] = None,
+    out_root: Annotated[
+        Path,
+        typer.Option("--out-root", help="Each archive is exported into OUT_ROOT/<name>/; runs.json lands here."),
+    ] = Path("exports"),
+    globs: Annotated[
+        Optional[list[str]],  # noqa: UP045
+        typer.Option(
+            "--glob", help="Archives matching this pattern (** spans folders); repeatable.", show_default=False
+        ),
+    ] = None,
+    lists: Annotated[
+        Optional[list[Path]],  # noqa: UP045
+        typer.Option("--from-file", help="A text file naming one archive per line; repeatable.", show_default=False),
+    ] = None,
+    executor: Annotated[
+        Executor, typer.Option("--executor", help="local: a process pool; ray: one Ray task per archive.")
+    ] = Executor.local,
+    workers: Annotated[
+        Optional[int],  # noqa: UP045
+        typer.Option(
+            "--workers",
+            "-w",
+            min=1,
+            help="Worker processes (local), or CPUs of the local Ray instance. [default: CPU cores]",
+            show_default=False,
+        ),
+    ] = None,
+    ray_address: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(
+            "--ray-address",
+            help="Connect to this Ray cluster (e.g. auto, or HOST:6379) instead of starting a local instance.",
+            show_default=False,
+        ),
+    ] = None,
+    max_retries: Annotated[
+        int,
+        typer.Option("--max-retries", min=0, help="Runs again of an archive whose worker died (killed, node lost)."),
+    ] = 2,
+    log_format: Annotated[
+        LogFormat,
+        typer.Option(
+            "--log-format",
+            help="text: progress and one-line messages; json: one JSON event per line on stderr (run_start, "
+            "archive_end, retry, progress at least every 5 s, run_end).",
+        ),
+    ] = LogFormat.text,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")] = False,
+    debug: Annotated[bool, typer.Option("--debug", help="Show the traceback of an error.")] = False,
+    **export_options,
+) -> None:
+    """Export many archives, each into OUT_ROOT/<name>/ exactly as `pipeline run export` would.
+
+    Every per-archive option of `export` applies to each archive. <name> is the
+    archive's file name without its extension; where two archives share one
+    (bskyarchive's are all archive.db), it is followed by 8 hex digits of a hash
+    of its path. A task whose worker died is retried (--max-retries); an archive
+    the export fails on is reported, not retried, and the others go on.
+    OUT_ROOT/runs.json gets one JSON line per archive (status, exit code,
+    records, bytes, seconds, peak RSS, attempts, error).
+
+    Exit codes: 0 every archive published (or unchanged), 1 some failed (listed
+    one per line), 2 usage error, 4 OUT_ROOT not writable, 130 interrupted.
+
+    Example:
+
+        pipeline run export-many ~/archives --out-root exports/all -f csv --types posts --skip-unchanged
+    """
+    from dataclasses import replace
+
+    from pipeline import PipelineError, Tuning
+    from pipeline.many import export_many
+    from pipeline.progress import JsonLog, for_fleet
+
+    log = JsonLog() if log_format == LogFormat.json else None
+    say = _Reporter(log)
+    say.event("run_start", out_root=str(out_root), executor=executor.value, argv=sys.argv[1:])
+    try:
+        result = export_many(
+            archives or [],
+            out_root,
+            globs=globs or [],
+            lists=lists or [],
+            executor=executor.value,
+            workers=workers,
+            ray_address=ray_address,
+            max_retries=max_retries,
+            progress=for_fleet(quiet, log),
+            tuning=replace(Tuning.from_env(), on_huge_rows=_huge_rows),
+            setup=_tune_memory,
+            **_export_keywords(export_options),
+        )
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        say.failed("interrupted", 130, "pipeline: interrupted")
+        raise typer.Exit(130) from None
+    except PipelineError as e:
+        if debug:
+            raise
+        say.failed(str(e), e.exit_code, f"pipeline: error: {e}")
+        raise typer.Exit(e.exit_code) from None
+    published = sum(r.status == "published" for r in result.runs)
+    unchanged = sum(r.status == "unchanged" for r in result.runs)
+    if log is not None:
+        log.emit("run_end", status="failed" if result.failed else "published", exit_code=result.exit_code,
+                 archives=len(result.runs), published=published, unchanged=unchanged, failed=len(result.failed),
+                 seconds=result.seconds)  # fmt: skip
+    else:
+        for r in result.failed:
+            typer.echo(f"pipeline: failed: {r.archive}: exit {r.exit_code}: {r.error}", err=True)
+        typer.echo(
+            f"{len(result.runs):,} archive(s) in {result.seconds:.2f}s: {published:,} published, {unchanged:,}"
+            f" unchanged, {len(result.failed):,} failed; {result.out_root / 'runs.json'}",
+            err=True,
+        )
+    raise typer.Exit(result.exit_code)
+
+
+run_app.command("export-many")(export_many_command)
+
+
 @app.command("clean")
 def clean_command(
     out: Annotated[Path, typer.Argument(help="The output folder whose killed runs' leftovers to remove.")],

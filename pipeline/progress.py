@@ -342,3 +342,153 @@ class _StreamProgress(Progress):
 
     def stop(self) -> None:
         self._streams._update(self._name, phase=Phase.DONE, total=0)
+
+
+class FleetProgress:
+    """Progress across archives (``export_many``); this base reports nothing (``--quiet``).
+
+    ``archive`` is called as each archive ends (``done`` of the ``total`` so far,
+    ``failed`` of them failed), ``retry`` when a task whose worker died is run again.
+    """
+
+    def start(self, total: int) -> None:
+        self._total, self._done, self._failed, self._t0 = total, 0, 0, time.monotonic()
+
+    def archive(self, run: object, done: int, failed: int) -> None:
+        self._done, self._failed = done, failed
+
+    def retry(self, archive: str, attempt: int, error: str) -> None: ...
+
+    def stop(self) -> None: ...
+
+    def _rate(self) -> float:
+        return self._done / max(time.monotonic() - self._t0, 1e-9)
+
+
+class PlainFleet(FleetProgress):
+    """A line at least every ``interval`` seconds (from a timer), and one per retry."""
+
+    def __init__(self, stream: TextIO | None = None, interval: float = PLAIN_INTERVAL):
+        self._stream = stream or sys.stderr
+        self._interval = interval
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self, total: int) -> None:
+        super().start(total)
+        self._thread = threading.Thread(target=self._run, name="progress", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval):
+            self._line()
+
+    def _line(self) -> None:
+        print(
+            f"archives: {self._done:,}/{self._total:,} done, {self._failed:,} failed, {self._rate():.2f} archives/s",
+            file=self._stream,
+            flush=True,
+        )
+
+    def retry(self, archive: str, attempt: int, error: str) -> None:
+        print(f"pipeline: warning: retrying {archive} (attempt {attempt} died: {error})", file=self._stream, flush=True)
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+
+
+class RichFleet(FleetProgress):
+    """A rich bar: archives done/total, archives/s, failures so far, ETA."""
+
+    def __init__(self) -> None:
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
+        from rich.progress import Progress as Bar
+
+        self._bar = Bar(
+            TextColumn("[bold]archives"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[rate]} {task.fields[failed]}"),
+            TimeRemainingColumn(),
+            console=Console(stderr=True),
+            refresh_per_second=4,
+            transient=True,
+        )
+        self._task: TaskID | None = None
+
+    def start(self, total: int) -> None:
+        super().start(total)
+        self._bar.start()
+        self._task = self._bar.add_task("archives", total=total, rate="", failed="")
+
+    def archive(self, run: object, done: int, failed: int) -> None:
+        super().archive(run, done, failed)
+        assert self._task is not None
+        failures = f"[red]{failed:,} failed" if failed else ""
+        self._bar.update(self._task, completed=done, rate=f"{self._rate():.2f} archives/s", failed=failures)
+
+    def retry(self, archive: str, attempt: int, error: str) -> None:
+        self._bar.console.print(f"pipeline: warning: retrying {archive} (attempt {attempt} died: {error})")
+
+    def stop(self) -> None:
+        self._bar.stop()
+
+
+class JsonFleet(FleetProgress):
+    """``archive_end`` per archive (its line of runs.json), ``retry``, and ``progress``
+    (done, total, failed, archives/s) at least every ``interval`` seconds unless quiet."""
+
+    def __init__(self, log: JsonLog, interval: float | None = PLAIN_INTERVAL):
+        self._log = log
+        self._interval = interval
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self, total: int) -> None:
+        super().start(total)
+        if self._interval is not None:
+            self._thread = threading.Thread(target=self._run, name="progress", daemon=True)
+            self._thread.start()
+
+    def _run(self) -> None:
+        assert self._interval is not None
+        while not self._stop.wait(self._interval):
+            self._tick()
+
+    def _tick(self) -> None:
+        self._log.emit(
+            "progress", done=self._done, total=self._total, failed=self._failed, archives_per_s=round(self._rate(), 3)
+        )
+
+    def archive(self, run: object, done: int, failed: int) -> None:
+        from dataclasses import asdict, is_dataclass
+
+        super().archive(run, done, failed)
+        self._log.emit("archive_end", **(asdict(run) if is_dataclass(run) else {"run": run}))  # type: ignore[arg-type]
+
+    def retry(self, archive: str, attempt: int, error: str) -> None:
+        self._log.emit("retry", archive=archive, attempt=attempt, error=error)
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+            self._tick()
+
+
+def for_fleet(quiet: bool, log: JsonLog | None = None, stream: TextIO | None = None) -> FleetProgress:
+    """The fleet display that fits: JSON events with a log, else none when quiet, rich on a
+    TTY, plain lines otherwise (every ``PIPELINE_PROGRESS_INTERVAL`` seconds)."""
+    if log is not None:
+        return JsonFleet(log, None if quiet else interval_from_env())
+    if quiet:
+        return FleetProgress()
+    stream = stream or sys.stderr
+    if stream.isatty():
+        return RichFleet()
+    return PlainFleet(stream, interval_from_env())

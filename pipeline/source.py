@@ -482,6 +482,7 @@ class RecordSource:
         batch_bytes: int = BATCH_BYTES,
         tuning: Tuning | None = None,
         open_files: OpenFiles | None = None,
+        plan: bool = True,
     ):
         tuning = tuning or Tuning()
         self._page_rows = tuning.page_rows
@@ -505,8 +506,11 @@ class RecordSource:
         self._archive = archive  # its connection and read transaction: the export's one snapshot
         self.start: Position | None = None  # set by resume(): pages() begins after it
         self._closed = False
+        size = self._bucket_bytes = tuning.bucket_bytes if bucket_bytes is None else bucket_bytes
+        if not plan:  # pages() only (pipeline.ray's read tasks): no key pass, no sort
+            self.total, self.plan = 0, Plan()
+            return
         try:
-            size = self._bucket_bytes = tuning.bucket_bytes if bucket_bytes is None else bucket_bytes
             self.total, self.plan = retrying(
                 lambda: self._plan(size), self.retries, f"{rtype.name}, planning", self._count_retry, archive.cancel
             )
@@ -603,7 +607,7 @@ class RecordSource:
         keep = f.keep(us, ns) if f.timed else pl.Series(values=[True] * len(us), dtype=pl.Boolean)
         return keep, (-us).fill_null(UNPLACED), (-ns).fill_null(0)
 
-    def pages(self) -> Iterator[pa.Table]:
+    def pages(self, until: int | None = None) -> Iterator[pa.Table]:
         """The filtered rows in table order, in pages of at most ``Tuning.page_rows`` rows and
         ``batch_bytes`` bytes, with ``_ninst``.
 
@@ -615,7 +619,7 @@ class RecordSource:
         bytes would pass a quarter of ``batch_bytes`` (an eighth if it holds a
         huge row): with huge rows the pages shrink, down to one row, and grow
         back after them. When the pages are exhausted, ``total`` is the exact number of
-        rows they held.
+        rows they held. ``until``: the last rowid to read (a read task's key range).
         """
         r, f = self.rtype, self.filters
         rows = max(self.batch_size, self._page_rows)
@@ -623,7 +627,9 @@ class RecordSource:
         cols = ", ".join(self.reads.expression(c) for c in r.column_names)
         size = " + ".join([str(_ROW_OVERHEAD * (len(r.column_names) + 1)), *map(self.reads.size, r.column_names)])
         did = " AND p.did = ?" if f.did is not None else ""
-        probe = f"SELECT p.rowid AS _rid, {size} AS _bytes FROM {table} WHERE p.rowid {{op}} ?{did} ORDER BY p.rowid"
+        upto = f" AND p.rowid <= {int(until)}" if until is not None else ""
+        probe = f"SELECT p.rowid AS _rid, {size} AS _bytes FROM {table} WHERE p.rowid {{op}} ?{upto}{did}"
+        probe += " ORDER BY p.rowid"
         probe += f" LIMIT {rows}"
         sql = (
             f"SELECT p.rowid AS _rid, {cols} FROM {table} WHERE p.rowid {{op}} ? AND p.rowid <= ?{did} ORDER BY p.rowid"

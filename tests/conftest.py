@@ -81,3 +81,75 @@ def archive_150k(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("archives") / "posts150k.db"
     make_archive(path, posts=150_000, seed=11)
     return path
+
+
+# -- export-many: a fleet of small archives and their single exports (tests/test_many*.py) --------
+
+MANY_FORMATS = ("-f", "csv", "-f", "json", "-f", "ndjson")
+
+
+@pytest.fixture(scope="session")
+def many_fleet(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[Path], Path]:
+    """20 small archives under one folder: 8 in bskyarchive's layout (all ``archive.db``), 11
+    hand-made ones (names with ``[``, ``*`` and a byte that is not UTF-8), and one corrupt file.
+    Returns (the folder, the good archives, the corrupt one)."""
+    root = tmp_path_factory.mktemp("fleet")
+    good = []
+    for i in range(8):
+        path = root / f"acct{i}" / "data" / "archive.db"
+        path.parent.mkdir(parents=True)
+        make_archive(path, posts=150 + i, seed=100 + i, style="bskyarchive", media_files=False, workers=1)
+        good.append(path)
+    flat = root / "flat"
+    flat.mkdir()
+    names = [f"p{i}.db" for i in range(9)] + ["odd[1]*.db", os.fsdecode(b"caf\xe9.db")]
+    for i, name in enumerate(names):
+        make_archive(flat / name, posts=120 + i, seed=200 + i, bad_every=40, workers=1)
+        good.append(flat / name)
+    corrupt = flat / "corrupt.db"
+    corrupt.write_bytes(b"SQLite format 3\x00" + b"\xff" * 4000)
+    return root, good, corrupt
+
+
+def many_name(path: Path, archives: list[Path]) -> str:
+    """The folder export-many gives ``path`` (the rule in the README, written out again)."""
+    import hashlib
+
+    stem = path.stem
+    if sum(a.stem == stem for a in archives) > 1:
+        return stem + "-" + hashlib.sha256(os.fsencode(os.path.realpath(path))).hexdigest()[:8]
+    return stem
+
+
+@pytest.fixture(scope="session")
+def many_singles(many_fleet, tmp_path_factory: pytest.TempPathFactory) -> dict[Path, Path]:
+    """Each good archive exported alone by ``pipeline run export`` (the reference)."""
+    _, good, corrupt = many_fleet
+    out = tmp_path_factory.mktemp("singles")
+    everything = [*good, corrupt]
+    refs = {}
+    for archive in good:
+        ref = out / many_name(archive, everything)
+        r = run_cli("run", "export", archive, "--out", ref, *MANY_FORMATS, "-q")
+        assert r.returncode == 0, r.stderr
+        refs[archive] = ref
+    return refs
+
+
+def same_export(ours: Path, reference: Path) -> None:
+    """``ours`` holds the files of ``reference`` byte for byte; its manifest is the reference's
+    but for ``exported_at``; metrics.json (times) is not compared."""
+    import json
+
+    def listing(folder: Path) -> set[str]:
+        return {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()} - {"metrics.json"}
+
+    assert listing(ours) == listing(reference)
+    for rel in listing(reference):
+        a, b = (ours / rel).read_bytes(), (reference / rel).read_bytes()
+        if rel == "manifest.json":
+            ma, mb = json.loads(a), json.loads(b)
+            ma.pop("exported_at"), mb.pop("exported_at")
+            assert ma == mb
+        else:
+            assert a == b, rel
