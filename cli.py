@@ -324,13 +324,9 @@ def export_command(
         interval = interval_from_env()
         progress = JsonProgress(log, interval) if not quiet else None
     try:
-        batch_bytes_ = _size(batch_bytes, "--batch-bytes")  # before --memray creates its file
-        split_bytes_ = None if split_bytes is None else _size(split_bytes, "--split-bytes")
-        with _profiled(memray_file):
-            result = export(
-                archive,
-                out,
-                formats=chosen,
+        keywords = _export_keywords(  # sizes read before --memray creates its file
+            dict(
+                formats=formats,
                 types=types,
                 ops=ops,
                 include_media=include_media,
@@ -340,19 +336,20 @@ def export_command(
                 since=since,
                 until=until,
                 batch_size=batch_size,
-                batch_bytes=batch_bytes_,
+                batch_bytes=batch_bytes,
                 max_rejects=max_rejects,
                 retries=retries,
                 skip_unchanged=skip_unchanged,
                 resume=resume,
-                compress=None if compress is None else compress.value,
+                compress=compress,
                 compress_level=compress_level,
                 split_rows=split_rows,
-                split_bytes=split_bytes_,
+                split_bytes=split_bytes,
                 csv_safe=csv_safe,
-                progress=progress,
-                tuning=tuning,
-            )
+            )  # fmt: skip
+        )
+        with _profiled(memray_file):
+            result = export(archive, out, **keywords, progress=progress, tuning=tuning)
     except KeyboardInterrupt:
         if debug:
             raise
@@ -404,11 +401,16 @@ def _with_export_options(command):
 
 
 def _export_keywords(export_options: dict[str, object]) -> dict[str, object]:
-    """The library keywords of ``export``'s CLI values (as ``export_command`` converts them)."""
+    """The library keywords of ``export``'s CLI values: ``export`` and ``export-many`` both call
+    this, so an option converted here reaches both (formats, sizes, the codec)."""
     kw = dict(export_options)
     formats = kw.pop("formats", None)
     kw["formats"] = [f.value for f in formats] if formats else ["csv", "json"]  # type: ignore[attr-defined]
     kw["batch_bytes"] = _size(str(kw["batch_bytes"]), "--batch-bytes")
+    if kw.get("split_bytes") is not None:
+        kw["split_bytes"] = _size(str(kw["split_bytes"]), "--split-bytes")
+    if kw.get("compress") is not None:
+        kw["compress"] = kw["compress"].value  # type: ignore[attr-defined]
     return kw
 
 
