@@ -248,3 +248,24 @@ def test_the_output_options_reach_every_archive(fixture_archive, tmp_path, optio
     assert ref.returncode == 0, ref.stderr
     same_export(tmp_path / "many" / "one", tmp_path / "single")
     assert len(list((tmp_path / "single").glob("posts-0000[12].*"))) >= 2  # split, so the options were applied
+
+
+def test_the_command_on_ray(fixture_archive, tmp_path):
+    """`--executor ray` from the command line: a local Ray instance of its own (2 CPUs), the
+    same folders as single exports, and runs.json saying so."""
+    pytest.importorskip("ray", reason="Ray is not installed (pip install 'pipeline[ray]'); CI installs it")
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for name in ("a", "b"):
+        shutil.copy(fixture_archive, inputs / f"{name}.db")
+    r = run_cli("run", "export-many", inputs, "--out-root", tmp_path / "many", "--executor", "ray", "--workers", "2",
+                *MANY_FORMATS, "-q")  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    ref = run_cli("run", "export", inputs / "a.db", "--out", tmp_path / "single", *MANY_FORMATS, "-q")
+    assert ref.returncode == 0, ref.stderr
+    same_export(tmp_path / "many" / "a", tmp_path / "single")
+    runs = [json.loads(line) for line in (tmp_path / "many" / "runs.json").read_text().splitlines()]
+    assert sorted((Path(x["archive"]).name, x["status"], x["attempts"]) for x in runs) == [
+        ("a.db", "published", 1),
+        ("b.db", "published", 1),
+    ]
