@@ -33,17 +33,24 @@ from .tuning import InFlight
 T = TypeVar("T")
 
 
+@dataclass(frozen=True)
+class Converters:
+    """Where a stream's pages are converted: the run's thread ``pool`` (shared by its streams),
+    how many of the stream's pages may be converting at once (``ahead``), the run's bytes in
+    flight (``InFlight``; None: no bound) and its cancel flag."""
+
+    pool: ThreadPoolExecutor
+    ahead: int
+    flight: InFlight | None = None
+    cancel: threading.Event | None = None
+
+
 def convert_in_order(
-    rtype: RecordType,
-    pages: Iterable[pa.Table],
-    formats: frozenset[str],
-    pool: ThreadPoolExecutor,
-    ahead: int,
-    flight: InFlight | None = None,
-    cancel: threading.Event | None = None,
+    rtype: RecordType, pages: Iterable[pa.Table], formats: frozenset[str], converters: Converters
 ) -> Iterator[tuple[pa.Table, tuple[pa.Table, pa.Table]]]:
     """Like ``convert_all``, but results come back in page order (at most ``ahead`` ahead)."""
-    costs = _Costs(flight, cancel)
+    pool, ahead = converters.pool, converters.ahead
+    costs = _Costs(converters.flight, converters.cancel)
     running: collections.deque[tuple[pa.Table, Future[tuple[pa.Table, pa.Table]]]] = collections.deque()
     try:
         for page in pages:
@@ -70,26 +77,21 @@ PARQUET_PREFIX = "pq:"
 
 
 def convert_all(
-    rtype: RecordType,
-    pages: Iterable[pa.Table],
-    formats: frozenset[str],
-    pool: ThreadPoolExecutor,
-    ahead: int,
-    flight: InFlight | None = None,
-    cancel: threading.Event | None = None,
+    rtype: RecordType, pages: Iterable[pa.Table], formats: frozenset[str], converters: Converters
 ) -> Iterator[tuple[Position, int, Position | None, tuple[pa.Table, pa.Table]]]:
-    """Convert pages on the converter ``pool`` (Polars and pyarrow release the GIL), at most
-    ``ahead`` pages of this stream in flight. Results come back in any order: they are sorted next.
+    """Convert pages on the converter pool (Polars and pyarrow release the GIL), at most
+    ``converters.ahead`` pages of this stream converting. Results come back in any order: they are sorted next.
 
     Each comes as (its page's position, its page's rows, settled, result): ``settled`` is
     the position of the last page of the prefix of pages whose results have all come
     back, once this one is taken, if no later page's result has come back yet (the pages
     taken are exactly that prefix: a checkpoint can name it); else None.
 
-    ``flight``: the run's bound on the bytes of pages in flight (``InFlight``), shared with
-    its other streams: a page waits until it fits.
+    ``converters.flight``: the run's bound on the bytes of pages in flight, shared with its
+    other streams: a page waits until it fits.
     """
-    costs = _Costs(flight, cancel)
+    pool, ahead = converters.pool, converters.ahead
+    costs = _Costs(converters.flight, converters.cancel)
     running: set[Future[tuple[pa.Table, pa.Table]]] = set()
     # Pages by number, in submission order; a taken future is not kept (it holds its result).
     order: collections.deque[tuple[int, Position]] = collections.deque()

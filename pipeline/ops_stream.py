@@ -142,9 +142,7 @@ class OpsStream(Writes):
     def _write(self, source: RecordSource, pages: Iterable[pa.Table]) -> None:
         budget, formats = self.budget, self.ctx.formats
         clock = self.ctx.clock()
-        converted = convert_in_order(
-            OPS, pages, self.formats, budget.converters, budget.tuning.converters, budget.in_flight, budget.cancel
-        )
+        converted = convert_in_order(OPS, pages, self.formats, budget.converting())
         for page, (rows_out, bad_out) in converted:
             self.pages_read += 1
             budget.check()

@@ -203,10 +203,7 @@ class RecordStream(Writes):
         if state is not None:
             self.progress.advance(source.start.seen if source.start else 0)
         self._pages = prefetch(source.pages(), budget.prefetch)
-        converted = convert_all(
-            self.rtype, self._pages, self.formats, budget.converters, budget.tuning.converters, budget.in_flight,
-            budget.cancel,
-        )  # fmt: skip
+        converted = convert_all(self.rtype, self._pages, self.formats, budget.converting())
         clock = self.ctx.clock()
         settled = None
         for _page, n, settled, (rows_out, bad_out) in converted:

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from .checkpoint import Checkpoints, Clock
+from .convert import Converters
 from .errors import Cancelled, ExportError
 from .media import MediaResult
 from .parts import Output
@@ -203,6 +204,10 @@ class Budget:
             if self.checkpoints is not None:
                 self.checkpoints.flush()
             self.tuning.on_event(name)
+
+    def converting(self) -> Converters:
+        """Where the streams convert their pages: the shared pool, the bytes in flight."""
+        return Converters(self.converters, self.tuning.converters, self.in_flight, self.cancel)
 
     def check(self) -> None:
         if self.cancel.is_set():
