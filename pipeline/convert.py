@@ -58,7 +58,7 @@ def convert_in_order(
                 if running:
                     done, future = running.popleft()
                     yield from costs.hand(future, (done, future.result()))
-            running.append((page, pool.submit(_convert, rtype, page, formats)))
+            running.append((page, costs.submit(pool, rtype, page, formats)))
             if len(running) > ahead:
                 done, future = running.popleft()
                 yield from costs.hand(future, (done, future.result()))
@@ -115,8 +115,7 @@ def convert_all(
                     done, running = wait(running, timeout=0.1, return_when=FIRST_COMPLETED)
                     for f in done:
                         yield from costs.hand(f, take(f))
-            future = pool.submit(_convert, rtype, page, formats)
-            costs.submitted(future)
+            future = costs.submit(pool, rtype, page, formats)
             position = Position.of(page)
             info[future] = (number, position, page.num_rows)
             order.append((number, position))
@@ -155,6 +154,8 @@ class _Costs:
             return True
         if self._cancel is not None and self._cancel.is_set():
             raise Cancelled
+        if self._waiting is not None:
+            raise RuntimeError("a page was admitted and not submitted")  # its cost would never be given back
         size = page.nbytes
         cost = int(size * (1 + self._ratio))
         if self._flight.try_take(cost):
@@ -165,11 +166,16 @@ class _Costs:
             self._flight.wait(0.1)
         return False
 
-    def submitted(self, future: Future[tuple[pa.Table, pa.Table]]) -> None:
+    def submit(
+        self, pool: ThreadPoolExecutor, rtype: RecordType, page: pa.Table, formats: frozenset[str]
+    ) -> Future[tuple[pa.Table, pa.Table]]:
+        """The conversion of the page just admitted, on ``pool``, holding its cost until handed."""
+        future = pool.submit(_convert, rtype, page, formats)
         if self._waiting is not None:
             self._cost[future] = self._waiting
             self._page_bytes[future] = self._pending_bytes
             self._waiting = None
+        return future
 
     def hand(self, future: Future[tuple[pa.Table, pa.Table]], item: T) -> Generator[T, None, None]:
         """Yield ``item`` (``future``'s result); its cost is given back when the caller resumes."""

@@ -115,15 +115,33 @@ def _overlap(monkeypatch) -> dict[str, int]:
     return seen
 
 
+def _flights(monkeypatch) -> list[InFlight]:
+    """The run's ``InFlight``, kept for the test to look at once the export is done."""
+    import pipeline.run
+
+    made: list[InFlight] = []
+
+    class Kept(InFlight):
+        def __init__(self, limit: int):
+            super().__init__(limit)
+            made.append(self)
+
+    monkeypatch.setattr(pipeline.run, "InFlight", Kept)
+    return made
+
+
 @pytest.mark.parametrize("limit", [1, None])
 def test_pages_in_flight_are_bounded_by_bytes_over_all_streams(archive_20k, tmp_path, monkeypatch, limit):
     """``Tuning.in_flight_bytes`` bounds the pages converting or converted and not yet taken,
     over every stream of the run (four at once here): at a limit of 1 byte one page at a
     time, yet the same files; without it, pages overlap (so the spy can see a breach)."""
     seen = _overlap(monkeypatch)
-    tuning = Tuning(page_rows=2_000, in_flight_bytes=1 if limit else 2**40)
+    flights = _flights(monkeypatch)
+    tuning = Tuning(page_rows=200, in_flight_bytes=1 if limit else 2**40)  # the ops too in several pages
     out = tmp_path / "out"
     result = pipeline.export(archive_20k, out, formats=["csv", "json"], ops=True, jobs=4, tuning=tuning)
+    [flight] = flights
+    assert flight.held == 0  # every page's cost given back, the ops' too (their pages come in order)
     if limit:
         assert seen["most"] == 1
         reference = tmp_path / "reference"
