@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from .errors import OutputError, PipelineError, UsageError
-from .options import ExportOptions, parse_types, path_text
+from .options import ExportOptions, parse_types, path_text, unicode_text
 from .progress import FleetProgress
 from .publish import inside
 from .tuning import Tuning
@@ -60,6 +60,12 @@ class ArchiveRun:
     attempts: int = 1
     error: str | None = None
     warnings: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        # an error names the archive, whose path may hold bytes that are not UTF-8: runs.json is UTF-8
+        if self.error is not None:
+            object.__setattr__(self, "error", unicode_text(self.error))
+        object.__setattr__(self, "warnings", [unicode_text(w) for w in self.warnings])
 
     @property
     def ok(self) -> bool:
@@ -325,9 +331,9 @@ def write_runs(root: Path, runs: Sequence[ArchiveRun]) -> None:
             for r in runs:
                 f.write(json.dumps(asdict(r), ensure_ascii=False) + "\n")
         os.replace(tmp, root / RUNS)
-    except OSError as e:
+    except (OSError, UnicodeError) as e:
         tmp.unlink(missing_ok=True)
-        raise OutputError(f"cannot write {root / RUNS}: {e.strerror or e}") from None
+        raise OutputError(f"cannot write {root / RUNS}: {getattr(e, 'strerror', None) or e}") from None
 
 
 # -- the task --------------------------------------------------------------------

@@ -167,6 +167,16 @@ def path_text(path: Path) -> str:
     return os.fsencode(path).decode("utf-8", errors="backslashreplace")
 
 
+def unicode_text(text: str) -> str:
+    """``text`` as valid Unicode (what a UTF-8 file or JSON can hold): the surrogates that stand
+    for bytes that are not UTF-8 (a path's, in an error message) as ``\\xNN``, as ``path_text``
+    writes them; any other lone surrogate as ``\\uNNNN``."""
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def _utf8(text: str) -> bool:
     """Whether ``text`` is valid Unicode (command-line bytes that are not UTF-8 arrive as surrogates)."""
     try:

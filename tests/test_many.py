@@ -269,3 +269,20 @@ def test_the_command_on_ray(fixture_archive, tmp_path):
         ("a.db", "published", 1),
         ("b.db", "published", 1),
     ]
+
+
+def test_an_error_naming_a_path_that_is_not_utf8_is_written(fixture_archive, tmp_path):
+    """A corrupt archive whose name holds a byte that is not UTF-8: its error (which names it)
+    is in runs.json as ``\\xNN``, the file is valid UTF-8 JSON, and no temporary file is left."""
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    shutil.copy(fixture_archive, inputs / "good.db")
+    bad = Path(os.fsdecode(os.fsencode(inputs) + b"/bad\xff.db"))
+    bad.write_bytes(b"not a database at all")
+    result = export_many([inputs], tmp_path / "out", formats=["csv"], types=["posts"], workers=1)
+    assert result.exit_code == 1
+    raw = (tmp_path / "out" / "runs.json").read_bytes()
+    runs = [json.loads(line) for line in raw.decode("utf-8").splitlines()]
+    [failed] = [r for r in runs if r["status"] == "failed"]
+    assert "bad\\xff.db" in failed["error"] and failed["archive"].endswith("bad\\xff.db")
+    assert sorted(p.name for p in (tmp_path / "out").iterdir() if p.name.startswith(".")) == []
