@@ -60,6 +60,7 @@ class _Blocks:
 
     def __init__(self, compression: Compression):
         self._pending = bytearray()
+        self._blocks = 0  # blocks compressed so far
         if compression.codec == "gzip":
             z = zlib.compressobj(compression.level, zlib.DEFLATED, 31)  # 31: a gzip header, mtime 0, no name
             self._block, self._tail = z.compress, z.flush
@@ -77,14 +78,18 @@ class _Blocks:
                 return out
             out.append(self._block(memoryview(self._pending)))
             self._pending = bytearray()
+            self._blocks += 1
         while view.nbytes >= BLOCK:  # straight from the caller's buffer: no copy
             out.append(self._block(view[:BLOCK]))
             view = view[BLOCK:]
+            self._blocks += 1
         self._pending += view
         return out
 
     def finish(self) -> list[bytes]:
-        out = [self._block(memoryview(self._pending))] if self._pending else []
+        # a file of no text still gets one block: a zstd frame of nothing (9 bytes), which
+        # ``zstd -d`` reads as empty (it refuses a file of 0 bytes); for gzip it adds no byte
+        out = [self._block(memoryview(self._pending))] if self._pending or not self._blocks else []
         return [*out, self._tail()]
 
 

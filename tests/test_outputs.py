@@ -13,7 +13,9 @@ import hashlib
 import io
 import json
 import os
+import shutil
 import signal
+import subprocess
 import zlib
 from pathlib import Path
 
@@ -546,3 +548,15 @@ def test_split_parts_read_back_with_duckdb_and_pyarrow(fixture_archive, plain, t
         for p in parts_of(out, "posts", "csv.zst")
     ]
     assert [list(r.values()) for t in parsed for r in t.to_pylist()] == plain_rows
+
+
+def test_an_empty_zstd_file_is_one_empty_frame(fixture_archive, tmp_path):
+    """A stream of no text still gets a zstd frame (RFC 8878: magic 28 B5 2F FD), so the
+    `zstd` tool reads it as empty; a file of 0 bytes it refuses."""
+    out = tmp_path / "out"
+    pipeline.export(fixture_archive, out, formats=["ndjson"], types=["posts"], since="2100-01-01", compress="zstd")
+    data = (out / "posts.ndjson.zst").read_bytes()
+    assert data[:4] == bytes.fromhex("28b52ffd")
+    if shutil.which("zstd"):
+        got = subprocess.run(["zstd", "-dc", str(out / "posts.ndjson.zst")], capture_output=True)
+        assert (got.returncode, got.stdout) == (0, b""), got.stderr
