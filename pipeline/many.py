@@ -254,10 +254,10 @@ def out_names(archives: Sequence[Path]) -> list[str]:
     stems = Counter(a.stem for a in archives)
     names = []
     for a in archives:
-        name = a.stem
-        if stems[name] > 1 or not name or name.startswith(".") or name == RUNS:
+        name = a.stem.lstrip(".")  # a hidden archive's folder is not hidden
+        if stems[a.stem] > 1 or not name or name != a.stem or name == RUNS:
             digest = hashlib.sha256(os.fsencode(os.path.realpath(a))).hexdigest()[:8]
-            name = f"{name}-{digest}"
+            name = f"{name or 'archive'}-{digest}"
         names.append(name)
     clashes = [n for n, k in Counter(names).items() if k > 1]
     if clashes:  # a stem that looks like another's stem and hash

@@ -286,3 +286,15 @@ def test_an_error_naming_a_path_that_is_not_utf8_is_written(fixture_archive, tmp
     [failed] = [r for r in runs if r["status"] == "failed"]
     assert "bad\\xff.db" in failed["error"] and failed["archive"].endswith("bad\\xff.db")
     assert sorted(p.name for p in (tmp_path / "out").iterdir() if p.name.startswith(".")) == []
+
+
+def test_a_hidden_archive_gets_a_folder_that_is_not_hidden(fixture_archive, tmp_path):
+    """`.x.db`, given by name: its folder is `x-<hash>` (the hash: another `x.db` may come too)."""
+    import hashlib
+
+    hidden = tmp_path / ".x.db"
+    shutil.copy(fixture_archive, hidden)
+    result = export_many([hidden], tmp_path / "out", formats=["csv"], types=["follows"], workers=1)
+    assert result.exit_code == 0
+    digest = hashlib.sha256(os.fsencode(os.path.realpath(hidden))).hexdigest()[:8]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["runs.json", f"x-{digest}"]
