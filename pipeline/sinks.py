@@ -237,11 +237,6 @@ class Sink:
         return self.appendable and not self._file.compressed
 
     @property
-    def written(self) -> int:
-        """Bytes written so far, before compression."""
-        return self._file.raw_size
-
-    @property
     def path(self) -> Path:
         return self._file.path
 
