@@ -78,10 +78,6 @@ class Output:
         }
 
     @property
-    def resumable(self) -> bool:
-        return self._sink.resumable
-
-    @property
     def path(self) -> Path:
         """The file being written."""
         return self._sink.path

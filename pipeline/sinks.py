@@ -232,11 +232,6 @@ class Sink:
         return self._file.size, self.records
 
     @property
-    def resumable(self) -> bool:
-        """Whether ``position`` is a point a killed run can be continued from (not if compressed)."""
-        return self.appendable and not self._file.compressed
-
-    @property
     def path(self) -> Path:
         return self._file.path
 
