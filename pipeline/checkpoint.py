@@ -27,6 +27,7 @@ import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
+from .interrupts import held
 from .tuning import CHECKPOINT_SECONDS
 
 CHECKPOINTS = ".checkpoint"
@@ -106,10 +107,11 @@ class Checkpoints:
     ) -> None:
         """Like ``save``, in the background; ``then`` runs once the checkpoint is on disk
         (e.g. removing files only older checkpoints name), not at all if it was dropped."""
-        with self._lock:
+        with self._lock, held():  # started and known to ``close`` as one step, whatever comes meanwhile
             if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="checkpoints", daemon=True)
-                self._thread.start()
+                thread = threading.Thread(target=self._run, name="checkpoints", daemon=True)
+                thread.start()
+                self._thread = thread
         self._queue.put((stream, state, list(files), then))
 
     def flush(self) -> None:

@@ -15,7 +15,7 @@ import contextlib
 import functools
 import queue
 import threading
-from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Generator, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, as_completed, wait
 from dataclasses import dataclass
 from typing import Generic, TypeVar
@@ -24,6 +24,7 @@ import pyarrow as pa
 
 from . import transforms
 from .errors import Cancelled, ExportError, PipelineError
+from .interrupts import held, uninterrupted
 from .parts import Output
 from .records import RecordType
 from .sort import NINST, NSUB, RID
@@ -170,11 +171,12 @@ class _Costs:
         self, pool: ThreadPoolExecutor, rtype: RecordType, page: pa.Table, formats: frozenset[str]
     ) -> Future[tuple[pa.Table, pa.Table]]:
         """The conversion of the page just admitted, on ``pool``, holding its cost until handed."""
-        future = pool.submit(_convert, rtype, page, formats)
-        if self._waiting is not None:
-            self._cost[future] = self._waiting
-            self._page_bytes[future] = self._pending_bytes
-            self._waiting = None
+        with held():  # on the main thread (one stream at a time) the pool may start a thread
+            future = pool.submit(_convert, rtype, page, formats)
+            if self._waiting is not None:
+                self._cost[future] = self._waiting
+                self._page_bytes[future] = self._pending_bytes
+                self._waiting = None
         return future
 
     def hand(self, future: Future[tuple[pa.Table, pa.Table]], item: T) -> Generator[T, None, None]:
@@ -303,8 +305,9 @@ def prefetch(items: Iterable[T], depth: int) -> Generator[T, None, None]:
                 close()
 
     thread = threading.Thread(target=produce, name="reader", daemon=True)
-    thread.start()
     try:
+        with held():  # started, then waited for below, whatever comes meanwhile
+            thread.start()
         while True:
             got = q.get()
             if isinstance(got, _Item):
@@ -324,21 +327,6 @@ def prefetch(items: Iterable[T], depth: int) -> Generator[T, None, None]:
         # The caller closes what the thread reads from: wait for it to end.
         if thread.is_alive():
             uninterrupted(drained)
-
-
-def uninterrupted(step: Callable[[], bool]) -> None:
-    """Call ``step`` until it returns True, through interrupts: threads being stopped are
-    waited for even if another Ctrl-C or signal comes meanwhile; the first such interrupt
-    is raised once they are done."""
-    pending: BaseException | None = None
-    while True:
-        try:
-            if step():
-                break
-        except BaseException as e:
-            pending = pending or e
-    if pending is not None:
-        raise pending
 
 
 @dataclass(frozen=True)

@@ -24,8 +24,8 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
-from .convert import uninterrupted
 from .errors import ArchiveError, Cancelled, ExportError
+from .interrupts import held, uninterrupted
 from .manifest import METRICS, Contents, ExportResult, build, peak_rss, read_unchanged, result, stream_metrics
 from .manifest import write_json as write_metrics
 from .media import MEDIA_DIR, MediaResult, copy_media
@@ -377,8 +377,11 @@ def _run_streams(
         if jobs == 1:
             return {name: timed(name, fn) for name, fn in streams}
         with ThreadPoolExecutor(jobs, thread_name_prefix="stream") as pool:
-            futures = {pool.submit(timed, name, fn): name for name, fn in streams}
+            futures: dict[Future[Result], str] = {}
             try:
+                with held():  # an interrupt while a stream's thread starts: raised once all are submitted
+                    for name, fn in streams:
+                        futures[pool.submit(timed, name, fn)] = name
                 finished, _ = wait(futures, return_when=FIRST_EXCEPTION)
                 errors = [e for f in finished if (e := f.exception()) is not None]
                 if errors:

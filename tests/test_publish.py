@@ -113,7 +113,10 @@ def _wait_for_data(out: Path, proc: subprocess.Popen, phase: str = "writing") ->
         if staged:
             files = [p for p in staged[0].rglob("*") if p.is_file()]
             spilled = [p for p in files if ".spill-" in str(p) and p.stat().st_size > 0]
-            written = [p for p in files if p.parent == staged[0] and p.stat().st_size > 50_000]
+            # an output file (not the archive's snapshot, or another hidden working file)
+            written = [
+                p for p in files if p.parent == staged[0] and not p.name.startswith(".") and p.stat().st_size > 50_000
+            ]
             if phase == "converting" and spilled and not (staged[0] / "posts.csv").exists():
                 return
             if phase == "writing" and written:

@@ -1,0 +1,61 @@
+"""Interrupts (SIGINT, SIGTERM, SIGHUP) and the threads an export starts and stops.
+
+The CLI turns these signals into exceptions raised in the main thread, wherever it
+is. Two places must not be cut short by one: starting a thread (``held``: a
+thread started but not yet registered would be neither stopped nor waited for,
+and could write into a staging folder being removed) and waiting for threads
+that are stopping (``uninterrupted``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
+
+_SIGNALS = frozenset(getattr(signal, s) for s in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, s))
+
+
+@contextlib.contextmanager
+def held() -> Iterator[None]:
+    """Interrupts held back, not lost, for the block: the first one that arrives meanwhile
+    is raised again once the block is done, to the handler that was there. A no-op off the
+    main thread (where Python cannot set handlers, and runs none). Handlers put there from
+    outside Python are left alone. (Blocking the signals in the thread would not do: a
+    thread that does not block them, such as a progress display's, takes them for it.)"""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+
+    def note(signum: int, frame: object) -> None:
+        caught.append(signum)
+
+    saved: dict[int, Any] = {}
+    try:
+        for s in _SIGNALS:
+            if signal.getsignal(s) is not None:
+                saved[s] = signal.signal(s, note)
+        yield
+    finally:
+        for s, handler in saved.items():
+            signal.signal(s, handler)
+        if caught:
+            signal.raise_signal(caught[0])
+
+
+def uninterrupted(step: Callable[[], bool]) -> None:
+    """Call ``step`` until it returns True, through interrupts: threads being stopped are
+    waited for even if another Ctrl-C or signal comes meanwhile; the first such interrupt
+    is raised once they are done."""
+    pending: BaseException | None = None
+    while True:
+        try:
+            if step():
+                break
+        except BaseException as e:
+            pending = pending or e
+    if pending is not None:
+        raise pending
