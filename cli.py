@@ -302,7 +302,9 @@ def export_command(
 
     from pipeline import PipelineError, Tuning, export
     from pipeline.progress import JsonLog, JsonProgress, for_terminal, interval_from_env
+    from pipeline.startup import skip_pandas_probe
 
+    skip_pandas_probe()  # this process hands pyarrow no pandas objects: 0.27 s saved where pandas is installed
     signals = _Signals()
     tuning = signals.tuning(replace(Tuning.from_env(), on_huge_rows=_huge_rows))
 

@@ -486,6 +486,9 @@ def _warm(setup: Callable[[], None] | None) -> None:
     import pyarrow  # noqa: F401
 
     from . import run  # noqa: F401
+    from .startup import skip_pandas_probe
+
+    skip_pandas_probe()  # a worker of ours: it hands pyarrow no pandas objects
 
 
 def _local(workers: int, setup: Callable[[], None] | None) -> Executor:
