@@ -55,7 +55,7 @@ class Contents:
 
 def build(
     archive: Path,
-    read: Path,
+    size_bytes: int,
     copied: bool,
     filters: Filters,
     formats: tuple[str, ...],
@@ -63,7 +63,7 @@ def build(
     fingerprint: dict[str, object],
     layout: dict[str, object] | None = None,
 ) -> dict[str, object]:
-    """The manifest of an export of ``archive`` (``read``: the file actually read, a copy if ``copied``).
+    """The manifest of an export of ``archive`` (``size_bytes``: of the snapshot read, from a copy if ``copied``).
 
     ``layout``: compression, split and ``--csv-safe`` as asked (``ExportOptions.layout``);
     their keys, and a file's ``uncompressed_bytes`` and ``csv_safe_cells``, appear only
@@ -80,7 +80,7 @@ def build(
         "exported_at": datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
         "archive": {
             "path": path_text(archive.resolve()),
-            "size_bytes": read.stat().st_size,
+            "size_bytes": size_bytes,
             "read_from": "a copy taken under one read lock" if copied else "one read transaction",
         },
         "filters": {"did": filters.did, "since": iso_bound(filters.since), "until": iso_bound(filters.until)},

@@ -173,11 +173,12 @@ def run(options: ExportOptions, progress: Progress, tuning: Tuning) -> ExportRes
             if complete is not None:
                 return complete
             # From here on the export reads one snapshot: a copy for a rollback-journal archive,
-            # whose writer would fail to commit while this run held its lock.
-            db = opened.enter_context(db.snapshot(staging.path / SNAPSHOT))
+            # whose writer would fail to commit while this run held its lock (made while the export reads).
+            db.snapshot(staging.path / SNAPSHOT)
             return _export(db, staging, options, plan, progress, tuning)
         except BaseException as e:
             staging.checkpoints.close()  # no checkpoint written into a folder being removed
+            db.close()  # nor the archive's copy
             staging.discard()
             if isinstance(e, OSError):
                 raise ExportError(
@@ -268,7 +269,7 @@ def _export(
     if plan.filters.did is None and plan.owner is not None and contents.records.get(POSTS.name) is not None:
         contents = replace(contents, posts_by_others=db.count_others(POSTS, plan.owner, plan.filters))
     manifest = build(
-        options.archive, db.path, db.copied, plan.filters, options.formats, contents, plan.fingerprint,
+        options.archive, db.size_bytes, db.copied, plan.filters, options.formats, contents, plan.fingerprint,
         options.layout(),
     )  # fmt: skip
     metrics: dict[str, object] = {
@@ -279,9 +280,9 @@ def _export(
         "streams": per_stream,
     }
     write_metrics(staging.path / METRICS, metrics)
-    if db.copied:  # the snapshot is not part of the export
-        db.close()
-        db.path.unlink()
+    db.close()  # the copy stopped, if the export read everything before it was complete
+    if db.snapshot_path is not None:  # the copy is not part of the export
+        db.snapshot_path.unlink(missing_ok=True)
     staging.write_manifest(manifest)  # last: a staging folder with a manifest is complete
     budget.event("publish")
     staging.checkpoints.drop()

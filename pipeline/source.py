@@ -43,6 +43,7 @@ import pyarrow.compute as pc
 from .errors import ArchiveError, Cancelled, ExportError, UsageError
 from .frames import frame, series
 from .records import RecordType
+from .snapshot import Copy, Stopped
 from .sort import NINST, NSUB, RID, UNPLACED, UTF8, BucketSorter, Plan
 from .timestamps import day_nanos, format_nanos, in_range_nanos, parse_instants, to_nanos
 from .tuning import Once, OpenFiles, Tuning
@@ -232,14 +233,17 @@ class Archive:
             raise ArchiveError(f"not a SQLite database: {self.path}")
         self._sources: list[RecordSource] = []
         self.lock = threading.RLock()
-        uri = "file:" + _uri_path(self.path.resolve()) + "?mode=ro" + ("&immutable=1" if immutable else "")
+        self.size_bytes = self.path.stat().st_size  # of the snapshot read, if one is taken
+        self.snapshot_path: Path | None = None  # where the copy goes (see snapshot())
+        self._copy: Copy | None = None
+        self._ready = False  # the copy is complete, not yet switched to
+        self._readers = 0  # statements open across calls (open_reader): no switch meanwhile
+        self._closing = False
         try:
-            self._db = adbc.AdbcDatabase(driver=adbc_driver_sqlite._driver_path(), uri=uri)
-            self._conn = adbc.AdbcConnection(self._db)
             # One read transaction for the whole export, begun by the first query below:
             # every record type, page and stream reads the same snapshot of the archive,
             # however it is written meanwhile (see read_table).
-            self._conn.set_autocommit(False)
+            self._db, self._conn = _open(self.path, immutable)
             self._tables = retrying(self._read_tables, self.retries, "opening the archive", self._count_retry)
         except adbc.Error as e:
             self._close_handles()
@@ -254,51 +258,73 @@ class Archive:
 
     # -- one snapshot, without starving the archive's writer ----------------------------
 
-    def snapshot(self, dest: str | os.PathLike[str]) -> Archive:
-        """An Archive that reads one consistent snapshot without holding this archive's lock.
+    def snapshot(self, dest: str | os.PathLike[str]) -> None:
+        """Read one consistent snapshot without holding the archive's lock for long.
 
-        In WAL mode a reader never blocks the writer: this archive itself is returned.
-        In rollback-journal mode (bskyarchive's: its writer has no busy timeout, so its
-        commits fail while any reader holds SQLite's shared lock) the file is copied to
-        ``dest`` while this archive's read transaction holds the shared lock, so the
-        copy is the committed state this archive has read from the start; then this
-        archive is closed, which lets the writer commit again, and the copy is opened
-        (immutable: nobody writes it). The copy is made through a file descriptor that
-        stays open until the lock is released: closing any descriptor of a file drops
-        the POSIX locks this process holds on it, SQLite's included.
+        In WAL mode a reader never blocks the writer: nothing to do. In rollback-journal
+        mode (bskyarchive's: its writer has no busy timeout, so its commits fail while
+        any reader holds SQLite's shared lock) the file is copied to ``dest`` on a
+        thread of its own (``snapshot.Copy``) while this archive's read transaction
+        holds the shared lock, so the copy is the committed state read from the start.
+        Meanwhile the export reads the archive itself, in that same transaction; once
+        the copy is complete, and no statement spans the moment, this archive switches
+        to the copy (immutable: nobody writes it) and closes its connection to the
+        file, which lets the writer commit again (``_switch``). The copy is made through
+        a file descriptor that stays open until then: closing any descriptor of a file
+        drops the POSIX locks this process holds on it, SQLite's included.
 
-        If there is no room for the copy (disk full, quota, file size limit), this
-        archive itself is returned with a warning: the export still reads one
-        snapshot, but holds the lock until it ends.
+        If there is no room for the copy (disk full, quota, file size limit) or it
+        fails, the export reads the archive in place with a warning: still one
+        snapshot, but the writer is blocked until the export ends.
         """
         if self.journal_mode() == "wal":
-            return self
+            return
         dest = Path(dest)
         fd = os.open(self.path, os.O_RDONLY)
+        self._pinned.append(fd)  # closed after the connection: the lock must stay till then
+        with self.lock:
+            self.size_bytes = os.fstat(fd).st_size  # what is committed: no commit while the lock is held
+            free = _free_bytes(dest.parent)
+            if free is not None and free < self.size_bytes + 64 * 2**20:  # the export needs room too
+                _in_place("no room to copy the archive for the export", os.strerror(errno.ENOSPC))
+                return
+            self.copied, self.snapshot_path = True, dest
+            self._copy = Copy(fd, dest, self._copied)
+
+    def _copied(self, error: BaseException | None) -> None:
+        """The copy's end (on its thread): switch to it, or read in place if it failed."""
+        with self.lock:
+            if error is None:
+                self._ready = True
+                self._switch()
+            elif not isinstance(error, Stopped):
+                self.copied = False
+                reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
+                room = isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+                _in_place(
+                    "no room to copy the archive for the export" if room else "copying the archive failed", reason
+                )
+
+    def _switch(self) -> None:
+        """From the archive to its complete copy, unless a statement is open across calls
+        (``open_reader``) or the archive is being closed; ``lock`` held."""
+        if not self._ready or self._readers or self._closing or self.snapshot_path is None:
+            return
+        self._ready = False
         try:
-            with self.lock:
-                free = _free_bytes(dest.parent)
-                if free is not None and free < os.fstat(fd).st_size + 64 * 2**20:  # the export needs room too
-                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC) + " for a copy of the archive")
-                _copy_file(fd, dest)
-        except OSError as e:
-            dest.unlink(missing_ok=True)
-            self._pinned.append(fd)  # closed after the connection: the lock must stay till then
-            if e.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
-                raise
-            log.warning(
-                "no room to copy the archive for the export (%s); reading it in place instead, which blocks"
-                " the archive's writer until the export ends",
-                e.strerror,
-            )
-            return self
-        except BaseException:
-            dest.unlink(missing_ok=True)
-            self._pinned.append(fd)
-            raise
-        self.close()  # the shared lock goes here, before ``fd`` is closed
-        os.close(fd)
-        return Archive(dest, self.retries, origin=self.origin, immutable=True)
+            db, conn = _open(self.snapshot_path, immutable=True)
+        except adbc.Error as e:
+            self.copied = False
+            _in_place("opening the copy of the archive failed", _adbc_message(e))
+            return
+        old = (self._conn, self._db)
+        self._conn, self._db, self.path = conn, db, self.snapshot_path
+        for handle in old:
+            with contextlib.suppress(adbc.Error, RuntimeError):
+                handle.close()  # the shared lock goes here, before the descriptor below
+        while self._pinned:
+            os.close(self._pinned.pop())
+        log.debug("the copy of the archive is complete; reading it from now on")
 
     def journal_mode(self) -> str:
         """SQLite's journal mode of the archive (``wal``, ``delete``, ...), read in its transaction."""
@@ -350,6 +376,12 @@ class Archive:
         self.close()
 
     def close(self) -> None:
+        """Idempotent. The copy's thread is stopped first (it may be writing into a folder
+        about to be removed): without the lock, which its last step takes."""
+        with self.lock:
+            self._closing = True
+        if self._copy is not None:
+            self._copy.stop()
         for source in self._sources:
             source.close()
         self._close_handles()
@@ -376,7 +408,24 @@ class Archive:
         statements on one connection).
         """
         with self.lock:
+            self._switch()
             return _query(self._conn, sql, params, rows).read_all()
+
+    def open_reader(self, sql: str, params: pa.RecordBatch | None = None, rows: int | None = None) -> _Owned:
+        """A query to read batch by batch, each ``read_next_batch`` under ``lock``; give it to
+        ``close_reader`` at the end. Its statement holds the connection: the archive does not
+        switch to its copy while it is open."""
+        with self.lock:
+            self._switch()
+            reader = _query(self._conn, sql, params, rows)
+            self._readers += 1
+            return reader
+
+    def close_reader(self, reader: _Owned) -> None:
+        with self.lock:
+            reader.close()
+            self._readers -= 1
+            self._switch()
 
     def _read_tables(self) -> dict[str, set[str]]:
         listed = self._query("SELECT CAST(name AS BLOB), type, CAST(sql AS BLOB) FROM sqlite_master").read_all()
@@ -569,8 +618,7 @@ class RecordSource:
         try:
             batch = pa.record_batch(params, names=["p0"]) if params else None
             lock = self._archive.lock
-            with lock:
-                reader = _query(self._archive._conn, sql, batch, PLAN_ROWS)
+            reader = self._archive.open_reader(sql, batch, PLAN_ROWS)
             try:
                 while True:
                     with lock:  # other streams' pages go between these batches
@@ -582,8 +630,7 @@ class RecordSource:
                     keep, ninst, _ = self._placed(*parse_instants(sample))
                     counts.append(ninst.filter(keep).rename("k").value_counts(sort=False, name="n"))
             finally:
-                with lock:
-                    reader.close()  # its statement too, so the connection can close after an error
+                self._archive.close_reader(reader)  # its statement too, so the connection can close after an error
         except adbc.Error:
             raise  # retried by the caller, or turned into an ExportError there
         if not counts:
@@ -770,27 +817,27 @@ def _free_bytes(folder: Path) -> int | None:
     return st.f_bavail * st.f_frsize
 
 
-def _copy_file(fd: int, dest: Path) -> None:
-    """Copy the whole file open as ``fd`` to ``dest`` (a new file) in the kernel where it can."""
-    size = os.fstat(fd).st_size
-    kernel = getattr(os, "copy_file_range", None)
-    with open(dest, "wb") as out:
-        done = 0
-        while done < size:
-            n = 0
-            if kernel is not None:
-                try:
-                    n = kernel(fd, out.fileno(), size - done, done, done)
-                except OSError as e:  # another file system, or no such call here: copy by hand
-                    if e.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.EPERM):
-                        raise
-                if n == 0:  # refused, or a file system that stops early: the rest by hand
-                    kernel = None
-            if kernel is None:
-                n = os.pwrite(out.fileno(), os.pread(fd, min(size - done, 2**20), done), done)
-            if n == 0:
-                raise OSError(errno.EIO, f"the archive got shorter while it was copied ({done} of {size} bytes)")
-            done += n
+def _open(path: Path, immutable: bool = False) -> tuple[adbc.AdbcDatabase, adbc.AdbcConnection]:
+    """A read-only connection to ``path``, not in autocommit: its first query begins the read transaction."""
+    uri = "file:" + _uri_path(path.resolve()) + "?mode=ro" + ("&immutable=1" if immutable else "")
+    db = adbc.AdbcDatabase(driver=adbc_driver_sqlite._driver_path(), uri=uri)
+    try:
+        conn = adbc.AdbcConnection(db)
+        try:
+            conn.set_autocommit(False)
+        except BaseException:
+            conn.close()
+            raise
+    except BaseException:
+        db.close()
+        raise
+    return db, conn
+
+
+def _in_place(what: str, reason: str) -> None:
+    log.warning(
+        "%s (%s); reading it in place instead, which blocks the archive's writer until the export ends", what, reason
+    )
 
 
 def row_bytes(table: pa.Table) -> pl.Series:

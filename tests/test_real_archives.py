@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import altered, make_archive, run_cli
+from conftest import altered, copy_complete, make_archive, run_cli
 from oracle import expected_posts, instant
 from test_export import check_export
 
@@ -221,13 +221,16 @@ def _commit_one(db: Path, n: int) -> str:
 def test_snapshot_of_a_rollback_archive_releases_the_lock(real, tmp_path):
     db = tmp_path / "archive.db"
     shutil.copy(real, db)
+    copy = tmp_path / "copy.db"
     with Archive(db) as archive:
         assert _commit_one(db, 1) == "database is locked"  # the archive's read transaction holds the lock
-        with archive.snapshot(tmp_path / "copy.db") as snap:
-            assert snap is not archive and snap.copied and snap.origin == db
-            assert _commit_one(db, 2) == "committed"  # the lock is gone: the writer commits at once
-            count = snap.read_table("SELECT count(*) FROM posts").column(0)[0].as_py()
-            assert count == POSTS_N  # and the snapshot does not see it
+        archive.snapshot(copy)  # copied on a thread of its own; the archive is read meanwhile
+        assert archive.copied and archive.origin == db
+        assert archive.read_table("SELECT count(*) FROM posts").column(0)[0].as_py() == POSTS_N
+        copy_complete(copy, db.stat().st_size)
+        assert _commit_one(db, 2) == "committed"  # switched to the copy: the writer commits at once
+        count = archive.read_table("SELECT count(*) FROM posts").column(0)[0].as_py()
+        assert count == POSTS_N  # and the snapshot does not see it
 
 
 def test_snapshot_of_a_wal_archive_is_its_read_transaction(real, tmp_path):
@@ -237,7 +240,8 @@ def test_snapshot_of_a_wal_archive_is_its_read_transaction(real, tmp_path):
     assert con.execute("PRAGMA journal_mode = WAL").fetchone()[0] == "wal"
     con.close()
     with Archive(db) as archive:
-        assert archive.snapshot(tmp_path / "copy.db") is archive  # WAL readers never block the writer
+        archive.snapshot(tmp_path / "copy.db")
+        assert not archive.copied  # WAL readers never block the writer
         assert _commit_one(db, 1) == "committed"
     assert not (tmp_path / "copy.db").exists()
 
