@@ -304,7 +304,8 @@ def export_command(
     from pipeline.progress import JsonLog, JsonProgress, for_terminal, interval_from_env
     from pipeline.startup import skip_pandas_probe
 
-    skip_pandas_probe()  # this process hands pyarrow no pandas objects: 0.27 s saved where pandas is installed
+    if _OWN_PROCESS:  # not inside a caller's process (a test's CliRunner), whose pyarrow may meet pandas
+        skip_pandas_probe()  # this process hands pyarrow no pandas objects: 0.27 s saved where pandas is installed
     signals = _Signals()
     tuning = signals.tuning(replace(Tuning.from_env(), on_huge_rows=_huge_rows))
 
@@ -763,7 +764,12 @@ def _check_metrics_file(path: Path | None, archive: Path, out: Path | None) -> N
         raise UsageError(f"--metrics-file {path} is inside --out, which the export replaces: choose another file")
 
 
+_OWN_PROCESS = False  # set by main(): the command is the process (its console script or ``python cli.py``)
+
+
 def main() -> None:
+    global _OWN_PROCESS
+    _OWN_PROCESS = True
     for name in ("stdout", "stderr"):  # closed by the caller (2>&-): messages go nowhere, the export still runs
         if getattr(sys, name) is None:
             setattr(sys, name, open(os.devnull, "w", encoding="utf-8"))  # noqa: SIM115 - lives as long as the process

@@ -40,10 +40,24 @@ def held() -> Iterator[None]:
                 saved[s] = signal.signal(s, note)
         yield
     finally:
-        for s, handler in saved.items():
-            signal.signal(s, handler)
+        _restore(saved)
         if caught:
             signal.raise_signal(caught[0])
+
+
+def _restore(saved: dict[int, Any]) -> None:
+    """Put every handler back, even if a signal's handler raises meanwhile (Python may run a
+    pending one inside ``signal.signal``); that first exception is raised once all are back."""
+    pending: BaseException | None = None
+    for s, handler in saved.items():
+        while True:
+            try:
+                signal.signal(s, handler)
+                break
+            except BaseException as e:
+                pending = pending or e
+    if pending is not None:
+        raise pending
 
 
 def uninterrupted(step: Callable[[], bool]) -> None:

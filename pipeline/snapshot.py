@@ -15,7 +15,7 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
-from .interrupts import held
+from .interrupts import uninterrupted
 
 CHUNK = 64 * 2**20  # copied per call: a stop request waits for one chunk at most
 
@@ -32,8 +32,10 @@ class Copy:
         self.fd, self.dest, self._finished = fd, dest, finished
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="snapshot", daemon=True)
-        with held():  # started, then stopped and joined by ``stop``, whatever comes meanwhile
-            self._thread.start()
+
+    def start(self) -> None:
+        """Start the copy; call it with interrupts ``held`` where the caller must know of the copy to stop it."""
+        self._thread.start()
 
     def _run(self) -> None:
         try:
@@ -44,10 +46,17 @@ class Copy:
             self._finished(None)
 
     def stop(self) -> None:
-        """Stop the copy (if still running) and wait for its thread; the file stays as it is."""
+        """Stop the copy (if still running) and wait for its thread, through interrupts (it may be
+        writing into a folder about to be removed); the file stays as it is."""
         self._stop.set()
-        if self._thread.is_alive() and self._thread is not threading.current_thread():
-            self._thread.join()
+        if self._thread.ident is None or self._thread is threading.current_thread():
+            return
+
+        def ended() -> bool:
+            self._thread.join(0.1)
+            return not self._thread.is_alive()
+
+        uninterrupted(ended)
 
 
 def copy_file(fd: int, dest: Path, stop: threading.Event | None = None) -> None:

@@ -42,6 +42,7 @@ import pyarrow.compute as pc
 
 from .errors import ArchiveError, Cancelled, ExportError, UsageError
 from .frames import frame, series
+from .interrupts import held
 from .records import RecordType
 from .snapshot import Copy, Stopped
 from .sort import NINST, NSUB, RID, UNPLACED, UTF8, BucketSorter, Plan
@@ -239,6 +240,7 @@ class Archive:
         self._ready = False  # the copy is complete, not yet switched to
         self._readers = 0  # statements open across calls (open_reader): no switch meanwhile
         self._closing = False
+        self.copy_ended = threading.Event()  # set once the copy's thread has settled (switched, failed or stopped)
         try:
             # One read transaction for the whole export, begun by the first query below:
             # every record type, page and stream reads the same snapshot of the archive,
@@ -289,21 +291,25 @@ class Archive:
                 _in_place("no room to copy the archive for the export", os.strerror(errno.ENOSPC))
                 return
             self.copied, self.snapshot_path = True, dest
-            self._copy = Copy(fd, dest, self._copied)
+            with held():  # known to ``close`` as soon as it runs, whatever comes meanwhile
+                self._copy = Copy(fd, dest, self._copied)
+                self._copy.start()
 
     def _copied(self, error: BaseException | None) -> None:
         """The copy's end (on its thread): switch to it, or read in place if it failed."""
-        with self.lock:
-            if error is None:
-                self._ready = True
-                self._switch()
-            elif not isinstance(error, Stopped):
-                self.copied = False
-                reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
-                room = isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
-                _in_place(
-                    "no room to copy the archive for the export" if room else "copying the archive failed", reason
-                )
+        try:
+            with self.lock:
+                if error is None:
+                    self._ready = True
+                    self._switch()
+                elif not isinstance(error, Stopped):
+                    self.copied = False
+                    reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
+                    room = isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+                    what = "no room to copy the archive for the export" if room else "copying the archive failed"
+                    _in_place(what, reason)
+        finally:
+            self.copy_ended.set()
 
     def _switch(self) -> None:
         """From the archive to its complete copy, unless a statement is open across calls
@@ -423,9 +429,11 @@ class Archive:
 
     def close_reader(self, reader: _Owned) -> None:
         with self.lock:
-            reader.close()
-            self._readers -= 1
-            self._switch()
+            try:
+                reader.close()
+            finally:
+                self._readers -= 1
+                self._switch()
 
     def _read_tables(self) -> dict[str, set[str]]:
         listed = self._query("SELECT CAST(name AS BLOB), type, CAST(sql AS BLOB) FROM sqlite_master").read_all()

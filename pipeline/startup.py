@@ -35,16 +35,19 @@ def skip_pandas_probe() -> None:
     asks once per process (twice: its array-like check, then its type
     inference); here it is asked while ``import pandas`` fails, and
     keeps those answers. Where it needs pandas (``to_pandas()``) it imports it
-    again then, so that still works; but a pandas object given to ``pa.array`` later in
-    this process is read as a plain sequence, hence this is for processes of our own.
+    again then; but a pandas object given to ``pa.array`` later in this process is read
+    as a plain sequence, and pandas' own missing values (``NaT``, ``NA``) stay unknown to
+    pyarrow's converters: for processes of our own, which never hand pyarrow pandas
+    objects nor convert to pandas.
     """
     if "pandas" in sys.modules:
         return
     import pyarrow as pa  # imported first: only its question about pandas is answered
 
     refused = _Refused()
-    sys.meta_path.insert(0, refused)
     try:
+        sys.meta_path.insert(0, refused)
         pa.array([0])  # asks twice: the array-like check, then the type inference's
     finally:
-        sys.meta_path.remove(refused)
+        if refused in sys.meta_path:
+            sys.meta_path.remove(refused)

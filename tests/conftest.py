@@ -4,7 +4,6 @@ import importlib.util
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -156,11 +155,7 @@ def same_export(ours: Path, reference: Path) -> None:
             assert a == b, rel
 
 
-def copy_complete(copy: Path, size: int) -> None:
-    """Until an archive's snapshot copy (``Archive.snapshot``) has all ``size`` bytes, and its
-    thread has had time for its last step (the switch to the copy)."""
-    deadline = time.monotonic() + 30
-    while not (copy.exists() and copy.stat().st_size == size):
-        assert time.monotonic() < deadline, "the copy never completed"
-        time.sleep(0.01)
-    time.sleep(0.3)
+def copy_complete(archive) -> None:
+    """Until an archive's snapshot copy (``Archive.snapshot``) has settled: complete and switched
+    to (unless a statement spans the moment), failed, or stopped."""
+    assert archive.copy_ended.wait(30), "the copy never ended"

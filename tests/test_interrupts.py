@@ -9,7 +9,9 @@ kept writing into the folder being removed. Here the signal is sent from inside
 
 from __future__ import annotations
 
+import shutil
 import signal
+import sqlite3
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -22,6 +24,7 @@ from pipeline.errors import Cancelled
 from pipeline.interrupts import held
 from pipeline.progress import Progress
 from pipeline.run import _run_streams
+from pipeline.source import Archive
 from pipeline.streams import Budget
 from pipeline.tuning import Tuning
 
@@ -131,3 +134,37 @@ def test_a_checkpoint_thread_started_when_an_interrupt_comes_is_closed(tmp_path,
         checkpoints.save_later("posts", {"phase": "converting"}, [])
     checkpoints.close()
     assert signal_in_first_start and not signal_in_first_start[0].is_alive()
+
+
+def test_an_archive_copy_started_when_an_interrupt_comes_is_stopped_by_close(
+    fixture_archive, tmp_path, signal_in_first_start
+):
+    """The run's except path closes the archive before it removes the staging folder the copy goes to."""
+    db = tmp_path / "archive.db"
+    shutil.copy(fixture_archive, db)
+    con = sqlite3.connect(db)
+    assert con.execute("PRAGMA journal_mode = DELETE").fetchone()[0] == "delete"
+    con.close()
+    archive = Archive(db)
+    with pytest.raises(Interrupt):
+        archive.snapshot(tmp_path / "copy.db")
+    archive.close()
+    assert signal_in_first_start and not signal_in_first_start[0].is_alive()
+
+
+def test_held_puts_every_handler_back_when_one_raises_meanwhile(sigterm_raises, monkeypatch):
+    """Python may run a pending handler inside ``signal.signal``: the other handlers still go back."""
+    real = signal.signal
+    restoring = []
+
+    def flaky(signum, handler):
+        if restoring and not restoring[0]:
+            restoring[0] = True
+            raise Interrupt(signum)
+        return real(signum, handler)
+
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    monkeypatch.setattr(signal, "signal", flaky)
+    with pytest.raises(Interrupt), held():
+        restoring.append(False)
+    assert {s: signal.getsignal(s) for s in before} == before

@@ -227,7 +227,7 @@ def test_snapshot_of_a_rollback_archive_releases_the_lock(real, tmp_path):
         archive.snapshot(copy)  # copied on a thread of its own; the archive is read meanwhile
         assert archive.copied and archive.origin == db
         assert archive.read_table("SELECT count(*) FROM posts").column(0)[0].as_py() == POSTS_N
-        copy_complete(copy, db.stat().st_size)
+        copy_complete(archive)
         assert _commit_one(db, 2) == "committed"  # switched to the copy: the writer commits at once
         count = archive.read_table("SELECT count(*) FROM posts").column(0)[0].as_py()
         assert count == POSTS_N  # and the snapshot does not see it

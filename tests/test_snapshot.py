@@ -108,7 +108,7 @@ def test_the_writer_commits_once_the_copy_is_complete_and_the_export_still_reads
         assert not _can_commit(rollback_archive)  # the read transaction holds the lock
         reader = db.open_reader("SELECT uri FROM posts")  # a statement open across calls: no switch under it
         db.snapshot(copy)
-        copy_complete(copy, rollback_archive.stat().st_size)
+        copy_complete(db)
         assert not _can_commit(rollback_archive)
         assert reader.read_next_batch() is not None
         db.close_reader(reader)
@@ -121,6 +121,7 @@ def test_the_writer_commits_once_the_copy_is_complete_and_the_export_still_reads
         assert db.copied and db.size_bytes == copy.stat().st_size
 
 
+@pytest.mark.skipif(not hasattr(os, "copy_file_range"), reason="slowed down through os.copy_file_range")
 def test_closing_the_archive_stops_the_copy(rollback_archive, tmp_path, monkeypatch):
     """An interrupted export closes its archive before removing the staging folder the copy goes to."""
     from pipeline import snapshot
