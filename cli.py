@@ -55,7 +55,23 @@ def _huge_rows() -> None:
         _mallopt(-3, 2**20)  # M_MMAP_THRESHOLD
 
 
+def _raise_file_limit() -> None:
+    """The soft limit on open files raised to the hard one (at most 65,536): the sort keeps a
+    file open per bucket (pipeline/tuning.py, ``_open_file_budget``), 776 of them for 10M posts,
+    and the usual soft limit is 1,024 (256 on macOS). The library leaves the limit to its caller."""
+    try:
+        import resource
+    except ImportError:  # not POSIX
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = 65_536 if hard == resource.RLIM_INFINITY else min(hard, 65_536)
+    if soft != resource.RLIM_INFINITY and soft < want:
+        with contextlib.suppress(ValueError, OSError):  # e.g. macOS caps it lower: keep what there is
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+
+
 _tune_memory()
+_raise_file_limit()
 
 app = typer.Typer(
     add_completion=False,
