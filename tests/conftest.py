@@ -2,6 +2,8 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import shutil
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -159,3 +161,14 @@ def copy_complete(archive) -> None:
     """Until an archive's snapshot copy (``Archive.snapshot``) has settled: complete and switched
     to (unless a statement spans the moment), failed, or stopped."""
     assert archive.copy_ended.wait(30), "the copy never ended"
+
+
+@pytest.fixture
+def rollback_archive(fixture_archive: Path, tmp_path: Path) -> Path:
+    """A copy of the fixture archive in rollback-journal mode (bskyarchive's), in ``tmp_path``."""
+    db = tmp_path / "archive.db"
+    shutil.copy(fixture_archive, db)
+    con = sqlite3.connect(db)
+    assert con.execute("PRAGMA journal_mode = DELETE").fetchone()[0] == "delete"
+    con.close()
+    return db

@@ -9,9 +9,7 @@ kept writing into the folder being removed. Here the signal is sent from inside
 
 from __future__ import annotations
 
-import shutil
 import signal
-import sqlite3
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -137,15 +135,10 @@ def test_a_checkpoint_thread_started_when_an_interrupt_comes_is_closed(tmp_path,
 
 
 def test_an_archive_copy_started_when_an_interrupt_comes_is_stopped_by_close(
-    fixture_archive, tmp_path, signal_in_first_start
+    rollback_archive, tmp_path, signal_in_first_start
 ):
     """The run's except path closes the archive before it removes the staging folder the copy goes to."""
-    db = tmp_path / "archive.db"
-    shutil.copy(fixture_archive, db)
-    con = sqlite3.connect(db)
-    assert con.execute("PRAGMA journal_mode = DELETE").fetchone()[0] == "delete"
-    con.close()
-    archive = Archive(db)
+    archive = Archive(rollback_archive)
     with pytest.raises(Interrupt):
         archive.snapshot(tmp_path / "copy.db")
     archive.close()

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import logging
-import shutil
-import sqlite3
 import subprocess
 import sys
 import time
@@ -82,16 +80,6 @@ def _hold_lock(db: Path, seconds: float) -> subprocess.Popen[str]:
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     assert proc.stdout is not None and proc.stdout.readline().strip() == "locked"
     return proc
-
-
-@pytest.fixture
-def rollback_archive(fixture_archive, tmp_path) -> Path:
-    db = tmp_path / "archive.db"
-    shutil.copy(fixture_archive, db)
-    con = sqlite3.connect(db)
-    assert con.execute("PRAGMA journal_mode = DELETE").fetchone()[0] == "delete"
-    con.close()
-    return db
 
 
 def test_export_waits_out_a_2s_lock(rollback_archive, tmp_path):

@@ -71,16 +71,6 @@ def test_export_sees_one_snapshot_while_the_archive_is_written(archive_20k, tmp_
 # -- the copy, made while the export reads ----------------------------------------------
 
 
-@pytest.fixture
-def rollback_archive(fixture_archive, tmp_path) -> Path:
-    db = tmp_path / "archive.db"
-    shutil.copy(fixture_archive, db)
-    con = sqlite3.connect(db)
-    assert con.execute("PRAGMA journal_mode = DELETE").fetchone()[0] == "delete"
-    con.close()
-    return db
-
-
 def _can_commit(db: Path) -> bool:
     """Whether another process can commit to ``db`` now, with no busy timeout (as bskyarchive)."""
     code = (
