@@ -174,7 +174,8 @@ def export_command(
             "--jobs",
             "-j",
             min=1,
-            help="Streams (record types, ops, media) exported at once. [default: CPU cores, at most the streams]",
+            help="Streams (record types, ops, media) exported at once."
+            " [default: half the CPU cores, at least 1, at most the streams]",
             show_default=False,
         ),
     ] = None,  # noqa: UP045

@@ -46,6 +46,14 @@ SNAPSHOT = ".archive-snapshot.db"  # the copy a rollback-journal archive is read
 __all__ = ["ExportResult", "default_out", "export"]
 
 
+def default_jobs() -> int:
+    """Streams at once when ``jobs`` is not given: half the CPUs, at least one. One stream
+    already keeps two cores busy (its reader, the converter threads, its writer): on this
+    2-core machine a second stream at once gave 1.02x the speed for 50 MiB more peak RSS,
+    which took an export of every type past 500 MB (docs/decisions.md)."""
+    return max(1, (os.cpu_count() or 1) // 2)
+
+
 def default_out(archive: Path, now: datetime | None = None) -> Path:
     """A new timestamped folder under ./exports/."""
     now = now or datetime.now(UTC)
@@ -102,7 +110,7 @@ def export(
     ``did``: only records of this DID; ``"self"``: of the archive's owner (the DID
     in ``profiles``; ArchiveError if there is none).
     ``jobs``: how many streams (record types, ops, media) run at once; default
-    the CPU count, capped at the number of streams. The output does not depend on it.
+    half the CPU count (``default_jobs``), capped at the number of streams. The output does not depend on it.
     ``max_rejects``: fail (ExportError, nothing published) as soon as more values
     than this have been rejected; None for no limit.
     ``retries``: how often a query that finds the archive locked or busy is
@@ -253,7 +261,7 @@ def _export(
     """Run the streams into ``staging``, write the manifest and metrics, publish."""
     streams = _streams(db, staging, options, plan)
     started, seconds = time.monotonic(), dict[str, float]()
-    jobs = min(options.jobs or os.cpu_count() or 1, max(1, len(streams)))
+    jobs = min(options.jobs or default_jobs(), max(1, len(streams)))
     converters = ThreadPoolExecutor(tuning.converters, thread_name_prefix="convert")
     # Streams at once share the memory: each reads one page ahead at most (sort buckets keep
     # their size: halving them cost more time than it saved).
