@@ -33,16 +33,37 @@ def held() -> Iterator[None]:
     def note(signum: int, frame: object) -> None:
         caught.append(signum)
 
+    try:
+        with _swapped(note):
+            yield
+    finally:
+        if caught:
+            signal.raise_signal(caught[0])
+
+
+@contextlib.contextmanager
+def ignored() -> Iterator[None]:
+    """Interrupts ignored for the block (the publishing swap: one that arrives meanwhile is
+    taken as arriving after it); a no-op off the main thread."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    with _swapped(signal.SIG_IGN):
+        yield
+
+
+@contextlib.contextmanager
+def _swapped(handler: Any) -> Iterator[None]:
+    """SIGINT, SIGTERM and SIGHUP go to ``handler`` for the block, then every handler is put
+    back (``_restore``); those set from outside Python are left alone (they cannot be put back)."""
     saved: dict[int, Any] = {}
     try:
         for s in _SIGNALS:
             if signal.getsignal(s) is not None:
-                saved[s] = signal.signal(s, note)
+                saved[s] = signal.signal(s, handler)
         yield
     finally:
         _restore(saved)
-        if caught:
-            signal.raise_signal(caught[0])
 
 
 def _restore(saved: dict[int, Any]) -> None:

@@ -8,7 +8,6 @@ atomically (``renameat2(RENAME_EXCHANGE)``), elsewhere by two renames.
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import ctypes.util
 import errno
@@ -16,13 +15,12 @@ import json
 import logging
 import os
 import shutil
-import signal
-import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 from .checkpoint import CHECKPOINTS, Checkpoints, fsync_path, read_json
 from .errors import Interrupted, OutputError, UsageError
+from .interrupts import ignored
 from .tuning import CHECKPOINT_SECONDS
 
 log = logging.getLogger("pipeline")
@@ -98,7 +96,7 @@ class Staging:
         """
         fsync_path(self.path)
         old: Path | None = None
-        with _signals_deferred():
+        with ignored():
             if self.out.exists():
                 _check_replaceable(self.out)
                 if _exchange(self.path, self.out):
@@ -141,22 +139,6 @@ class Staging:
     def discard(self) -> None:
         if not self.published:
             shutil.rmtree(self.path, ignore_errors=True)
-
-
-@contextlib.contextmanager
-def _signals_deferred() -> Iterator[None]:
-    """Hold off SIGINT/SIGTERM/SIGHUP handlers (main thread only; elsewhere a no-op)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    wanted = [s for s in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, s)]
-    saved = {s: signal.signal(getattr(signal, s), signal.SIG_IGN) for s in wanted}
-    try:
-        yield
-    finally:
-        for s, handler in saved.items():
-            if handler is not None:  # None: set outside Python, cannot be put back from here
-                signal.signal(getattr(signal, s), handler)
 
 
 def guard_inputs(out: Path, archive: Path, media_root: Path | None = None) -> None:
